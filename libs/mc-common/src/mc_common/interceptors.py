@@ -1,0 +1,278 @@
+"""The gRPC interceptors every MC server and client uses.
+
+Server side, outermost first: `ObservabilityInterceptor` (metrics, logs, and the one place where
+domain errors become gRPC statuses), `TenantInterceptor` (binds tenant and principal from metadata
+and enforces each RPC's declared access rule), `ValidationInterceptor` (enforces the request rules
+declared in the protos). Wrapped handlers are cached per method, so the per-call cost is the
+wrappers themselves. Client side, `TenantClientInterceptor` forwards the tenant context.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf.message import Message
+from mc.common.v1 import options_pb2
+
+from mc_common.errors import InvalidArgument, MCError
+from mc_common.metrics import RpcMetrics
+from mc_common.tenancy import (
+    PRINCIPAL_HEADER,
+    TENANT_HEADER,
+    Principal,
+    _principal,
+    _tenant,
+    outgoing_metadata,
+    require_operator,
+    require_tenant,
+    validate_tenant_id,
+)
+from mc_common.validation import validate_request
+
+log = logging.getLogger("mc.rpc")
+
+Access = int  # an mc.common.v1.Access enum value
+Ctx = grpc.aio.ServicerContext[Any, Any]
+Handler = grpc.RpcMethodHandler[Any, Any]
+UnaryBehavior = Callable[[Any, Ctx], Awaitable[Any]]
+StreamBehavior = Callable[[Any, Ctx], AsyncIterator[Any]]
+
+
+def method_access(method: str, overrides: Mapping[str, Access] | None = None) -> Access:
+    """The declared access rule of `/pkg.Service/Method`.
+
+    MC's own RPCs (`mc.*` packages) without the option act for a tenant, so forgetting it fails
+    safe. Infrastructure services we host but do not own (health, reflection, Envoy's rate limit
+    API) are internal: they carry no tenant and identify what they act on in their requests.
+    """
+    if overrides and method in overrides:
+        return overrides[method]
+    name = method.lstrip("/").replace("/", ".")
+    if not name.startswith("mc."):
+        return options_pb2.ACCESS_INTERNAL
+    try:
+        desc = descriptor_pool.Default().FindMethodByName(name)  # type: ignore[no-untyped-call]
+    except KeyError:
+        return options_pb2.ACCESS_TENANT
+    access = desc.GetOptions().Extensions[options_pb2.access]
+    return access or options_pb2.ACCESS_TENANT
+
+
+class _PlainStatus:
+    """A status without details, for errors whose text must not reach the caller."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata: tuple[tuple[str, str], ...] = ()
+
+
+class _CachingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps each method's handler once and reuses the wrapped handler for every call."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Handler | None] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        method = handler_call_details.method
+        try:
+            return self._cache[method]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        handler = await continuation(handler_call_details)
+        wrapped = None if handler is None else self._wrap(method, handler)
+        self._cache[method] = wrapped
+        return wrapped  # type: ignore[return-value]
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self.wrap_unary(method, handler.unary_unary),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self.wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client- and bidi-streaming RPCs: none exist in MC's contracts yet
+
+    def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        raise NotImplementedError
+
+    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        raise NotImplementedError
+
+
+class ObservabilityInterceptor(_CachingInterceptor):
+    """Times and counts every RPC, logs failures, and maps domain errors to rich statuses."""
+
+    def __init__(self, metrics: RpcMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    async def _fail(self, method: str, context: Ctx, error: Exception) -> None:
+        status: grpc.Status | _PlainStatus
+        if isinstance(error, MCError):
+            status = error.to_status()
+            if error.grpc_code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                log.error("rpc failed", extra={"method": method, "reason": error.reason})
+        else:
+            log.exception("unhandled error", extra={"method": method})
+            status = _PlainStatus(grpc.StatusCode.INTERNAL, "internal error")
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        observe = self._metrics.for_method(method)
+
+        async def wrapper(request: Any, context: Ctx) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await behavior(request, context)
+            except MCError as error:
+                code = error.grpc_code
+                await self._fail(method, context, error)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except Exception as error:
+                code = grpc.StatusCode.INTERNAL
+                await self._fail(method, context, error)
+            finally:
+                observe(time.perf_counter() - start, code)
+
+        return wrapper
+
+    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        observe = self._metrics.for_method(method)
+
+        async def wrapper(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except MCError as error:
+                code = error.grpc_code
+                await self._fail(method, context, error)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except Exception as error:
+                code = grpc.StatusCode.INTERNAL
+                await self._fail(method, context, error)
+            finally:
+                observe(time.perf_counter() - start, code)
+
+        return wrapper
+
+
+class TenantInterceptor(_CachingInterceptor):
+    """Binds tenant/principal from metadata and enforces each RPC's declared access rule."""
+
+    def __init__(self, access_overrides: Mapping[str, Access] | None = None) -> None:
+        super().__init__()
+        self._overrides = dict(access_overrides or {})
+
+    def _binder(self, method: str) -> Callable[[Ctx], tuple[Any, Any]]:
+        access = method_access(method, self._overrides)
+
+        def bind(context: Ctx) -> tuple[Any, Any]:
+            tenant: str | None = None
+            principal: Principal | None = None
+            for key, value in context.invocation_metadata() or ():
+                if key == TENANT_HEADER:
+                    tenant = validate_tenant_id(str(value))
+                elif key == PRINCIPAL_HEADER:
+                    principal = Principal.parse(str(value))
+            tokens = (_tenant.set(tenant), _principal.set(principal))
+            if access == options_pb2.ACCESS_OPERATOR:
+                require_operator()
+            elif access == options_pb2.ACCESS_TENANT:
+                require_tenant()
+            return tokens
+
+        return bind
+
+    def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        bind = self._binder(method)
+
+        async def wrapper(request: Any, context: Ctx) -> Any:
+            # Each RPC runs in its own task, so the contextvars set here die with the call.
+            bind(context)
+            return await behavior(request, context)
+
+        return wrapper
+
+    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        bind = self._binder(method)
+
+        async def wrapper(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            bind(context)
+            async for item in behavior(request, context):
+                yield item
+
+        return wrapper
+
+
+class ValidationInterceptor(_CachingInterceptor):
+    """Validates every request against the rules declared in its proto before the servicer runs."""
+
+    def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        async def wrapper(request: Any, context: Ctx) -> Any:
+            _validate(request)
+            return await behavior(request, context)
+
+        return wrapper
+
+    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def wrapper(request: Any, context: Ctx) -> AsyncIterator[Any]:
+            _validate(request)
+            async for item in behavior(request, context):
+                yield item
+
+        return wrapper
+
+
+def _validate(request: Any) -> None:
+    if not isinstance(request, Message):
+        raise InvalidArgument("request is not a protobuf message")
+    validate_request(request)
+
+
+class TenantClientInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """Adds the current tenant and principal to every outgoing call's metadata."""
+
+    @staticmethod
+    def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        extra = outgoing_metadata()
+        if not extra:
+            return details
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        for key, value in extra:
+            if key not in metadata:
+                metadata.add(key, value)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def,override]
+        return await continuation(self._details(client_call_details), request)
+
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def,override]
+        return await continuation(self._details(client_call_details), request)

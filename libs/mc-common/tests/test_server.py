@@ -1,0 +1,136 @@
+"""The server bootstrap against a real grpc.aio server: tenant rules, validation, error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mc.pql.v1 import provenance_pb2 as pb
+from mc.pql.v1 import provenance_service_pb2 as svc
+from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
+from mc_common.config import ServiceSettings
+from mc_common.errors import NotFound, ResourceExhausted, status_details
+from mc_common.server import RunningServer, ServiceSpec, start_server
+from mc_common.tenancy import current_principal, require_tenant
+from prometheus_client import generate_latest
+
+SERVICE = svc.DESCRIPTOR.services_by_name["ProvenanceService"].full_name
+
+
+class EchoTenantServicer(svc_grpc.ProvenanceServiceServicer):
+    """Answers from the bound tenant context, to observe what the interceptors did."""
+
+    async def GetExecution(self, request, context):  # type: ignore[no-untyped-def]
+        if request.execution_id == "missing":
+            raise NotFound("no such execution")
+        if request.execution_id == "limited":
+            raise ResourceExhausted("slow down", retry_after_ms=1234)
+        if request.execution_id == "boom":
+            raise RuntimeError("secret internals")
+        return svc.GetExecutionResponse(
+            execution=pb.Execution(execution_id=request.execution_id, tenant=require_tenant())
+        )
+
+    async def RegisterSigningKey(self, request, context):  # type: ignore[no-untyped-def]
+        principal = current_principal()
+        return svc.RegisterSigningKeyResponse(
+            key=pb.SigningKey(tenant=request.tenant, key_id=str(principal))
+        )
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RunningServer]:
+    spec = ServiceSpec(
+        name="test",
+        service_names=[SERVICE],
+        register=lambda s: svc_grpc.add_ProvenanceServiceServicer_to_server(
+            EchoTenantServicer(), s
+        ),
+    )
+    running = await start_server(ServiceSettings(grpc_port=0), spec)
+    yield running
+    await running.stop(0)
+
+
+@pytest.fixture
+async def stub(server: RunningServer) -> AsyncIterator[svc_grpc.ProvenanceServiceStub]:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        yield svc_grpc.ProvenanceServiceStub(channel)
+
+
+async def test_tenant_is_bound_from_metadata(stub: svc_grpc.ProvenanceServiceStub) -> None:
+    reply = await stub.GetExecution(
+        svc.GetExecutionRequest(execution_id="e1"), metadata=[("x-mc-tenant", "acme")]
+    )
+    assert reply.execution.tenant == "acme"
+
+
+async def test_tenant_rpc_without_tenant_is_refused(stub: svc_grpc.ProvenanceServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetExecution(svc.GetExecutionRequest(execution_id="e1"))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    info = [d for d in status_details(err.value) if isinstance(d, error_details_pb2.ErrorInfo)]
+    assert info[0].reason == "TENANT_REQUIRED"
+
+
+async def test_malformed_tenant_is_invalid(stub: svc_grpc.ProvenanceServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetExecution(
+            svc.GetExecutionRequest(execution_id="e1"), metadata=[("x-mc-tenant", "Bad Tenant!")]
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_operator_rpc_needs_operator(stub: svc_grpc.ProvenanceServiceStub) -> None:
+    request = svc.RegisterSigningKeyRequest(tenant="acme", public_key_pem="x")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RegisterSigningKey(
+            request, metadata=[("x-mc-tenant", "acme"), ("x-mc-principal", "user:bob")]
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    reply = await stub.RegisterSigningKey(request, metadata=[("x-mc-principal", "operator:ops")])
+    assert reply.key.key_id == "operator:ops"
+
+
+async def test_validation_reports_field_paths(stub: svc_grpc.ProvenanceServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetExecution(
+            svc.GetExecutionRequest(execution_id=""), metadata=[("x-mc-tenant", "acme")]
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = [d for d in status_details(err.value) if isinstance(d, error_details_pb2.BadRequest)]
+    assert [v.field for v in bad[0].field_violations] == ["execution_id"]
+
+
+async def test_domain_errors_map_to_codes_and_details(
+    stub: svc_grpc.ProvenanceServiceStub, server: RunningServer
+) -> None:
+    md = [("x-mc-tenant", "acme")]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetExecution(svc.GetExecutionRequest(execution_id="missing"), metadata=md)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetExecution(svc.GetExecutionRequest(execution_id="limited"), metadata=md)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry = [d for d in status_details(err.value) if isinstance(d, error_details_pb2.RetryInfo)]
+    assert retry[0].retry_delay.seconds == 1 and retry[0].retry_delay.nanos == 234_000_000
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetExecution(svc.GetExecutionRequest(execution_id="boom"), metadata=md)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (err.value.details() or "")
+    text = generate_latest(server.registry).decode()
+    assert 'mc_grpc_server_handled_total{code="NOT_FOUND"' in text
+    assert "mc_grpc_server_handling_seconds_bucket" in text
+
+
+async def test_health_reports_per_service(server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await server.set_serving(False)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,0 +1,41 @@
+"""Field-path attribution of protoc-gen-validate violations."""
+
+from __future__ import annotations
+
+import pytest
+from mc.pql.v1 import provenance_pb2 as pb
+from mc.pql.v1 import provenance_service_pb2 as svc
+from mc_common.errors import InvalidArgument
+from mc_common.validation import field_violations, validate_request
+
+GOOD_SHA = "a" * 64
+
+
+def test_valid_request_passes() -> None:
+    validate_request(svc.ListExecutionsRequest(page_size=10))
+
+
+def test_nested_violations_carry_full_paths() -> None:
+    request = svc.RecordReceiptRequest(
+        content=pb.ReceiptContent(
+            execution_id="ok-1",
+            package=pb.PackageRef(name="p", version="1"),
+            subjects=[pb.Subject(name="a", sha256=GOOD_SHA), pb.Subject(name="b", sha256="xyz")],
+        )
+    )
+    request.content.started_at.GetCurrentTime()
+    request.content.finished_at.GetCurrentTime()
+    fields = [v.field for v in field_violations(request)]
+    assert fields == ["content.subjects[1].sha256"]
+
+
+def test_every_violation_is_reported() -> None:
+    request = svc.RecordReceiptRequest(content=pb.ReceiptContent(execution_id="bad id"))
+    fields = {v.field for v in field_violations(request)}
+    assert {"content.execution_id", "content.package", "content.started_at"} <= fields
+
+
+def test_required_oneof() -> None:
+    with pytest.raises(InvalidArgument) as err:
+        validate_request(svc.RecordReceiptRequest())
+    assert [v.field for v in err.value.violations] == ["receipt"]
