@@ -8,6 +8,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import generate_latest
+
 from mc.pql.v1 import provenance_pb2 as pb
 from mc.pql.v1 import provenance_service_pb2 as svc
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
@@ -15,7 +17,6 @@ from mc_common.config import ServiceSettings
 from mc_common.errors import NotFound, ResourceExhausted, status_details
 from mc_common.server import RunningServer, ServiceSpec, start_server
 from mc_common.tenancy import current_principal, require_tenant
-from prometheus_client import generate_latest
 
 SERVICE = svc.DESCRIPTOR.services_by_name["ProvenanceService"].full_name
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mc.pql.v1 import provenance_pb2 as pb
 from mc.pql.v1 import provenance_service_pb2 as svc
 from mc_common.errors import InvalidArgument
@@ -19,8 +20,10 @@ def test_nested_violations_carry_full_paths() -> None:
     request = svc.RecordReceiptRequest(
         content=pb.ReceiptContent(
             execution_id="ok-1",
-            package=pb.PackageRef(name="p", version="1"),
+            package=pb.PackageRef(name="p", version="1", digest=GOOD_SHA),
             subjects=[pb.Subject(name="a", sha256=GOOD_SHA), pb.Subject(name="b", sha256="xyz")],
+            cost=pb.Cost(currency="USD"),
+            region="eu-west-1",
         )
     )
     request.content.started_at.GetCurrentTime()

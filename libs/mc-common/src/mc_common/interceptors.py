@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.message import Message
-from mc.common.v1 import options_pb2
 
+from mc.common.v1 import options_pb2
 from mc_common.errors import InvalidArgument, MCError
 from mc_common.metrics import RpcMetrics
 from mc_common.tenancy import (
@@ -37,8 +37,12 @@ from mc_common.validation import validate_request
 log = logging.getLogger("mc.rpc")
 
 Access = int  # an mc.common.v1.Access enum value
-Ctx = grpc.aio.ServicerContext[Any, Any]
-Handler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
+    Ctx = grpc.aio.ServicerContext[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
+else:
+    Ctx = grpc.aio.ServicerContext
+    Handler = grpc.RpcMethodHandler
 UnaryBehavior = Callable[[Any, Ctx], Awaitable[Any]]
 StreamBehavior = Callable[[Any, Ctx], AsyncIterator[Any]]
 

@@ -117,7 +117,7 @@ class PackageRef(_message.Message):
     version: _builtins.str
     """version is the package version, for example `1.4.2`."""
     digest: _builtins.str
-    """digest is the package content digest as `sha256:<64 hex>`."""
+    """digest is the lower-case hex sha256 of the package content."""
     def __init__(
         self,
         *,
@@ -169,22 +169,22 @@ class Step(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
-    OUTPUT_DIGESTS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """name is the step name."""
     status: _builtins.str
-    """status is the step status, for example `SUCCEEDED`."""
+    """status is the step outcome: `succeeded`, `failed`, `skipped` or `cancelled`."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """started_at is when the step started."""
 
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp:
-        """finished_at is when the step finished."""
+        """finished_at is when the step finished; it may not precede started_at."""
 
     @_builtins.property
-    def output_digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """output_digests are sha256 hex digests of the step's outputs."""
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepOutput]:
+        """outputs are the step's outputs, by name and digest; each also becomes a receipt subject."""
 
     def __init__(
         self,
@@ -193,15 +193,41 @@ class Step(_message.Message):
         status: _builtins.str = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
-        output_digests: _abc.Iterable[_builtins.str] | None = ...,
+        outputs: _abc.Iterable[Global___StepOutput] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "name", b"name", "output_digests", b"output_digests", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "name", b"name", "outputs", b"outputs", "started_at", b"started_at", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Step: _TypeAlias = Step  # noqa: Y015
+
+@_typing.final
+class StepOutput(_message.Message):
+    """StepOutput is a named output of a step and its digest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """name is the output's name, for example `dist/report.csv`."""
+    sha256: _builtins.str
+    """sha256 is the output's lower-case hex sha256 digest."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepOutput: _TypeAlias = StepOutput  # noqa: Y015
 
 @_typing.final
 class DecisionRef(_message.Message):
@@ -217,7 +243,7 @@ class DecisionRef(_message.Message):
     decision_id: _builtins.str
     """decision_id is the id of the policy decision."""
     policy: _builtins.str
-    """policy names the policy package or bundle."""
+    """policy names the policy bundle and version, for example `mc.limits@3`."""
     rule: _builtins.str
     """rule is the deciding rule."""
     allow: _builtins.bool
@@ -285,14 +311,16 @@ class ReceiptContent(_message.Message):
     execution_id: _builtins.str
     """execution_id is the execution this receipt is for."""
     region: _builtins.str
-    """region is where the execution ran."""
+    """region is where the execution ran, for example `us-east-1`."""
     @_builtins.property
     def package(self) -> Global___PackageRef:
         """package is the package that ran."""
 
     @_builtins.property
     def subjects(self) -> _containers.RepeatedCompositeFieldContainer[Global___Subject]:
-        """subjects are the artifacts produced or consumed, by digest."""
+        """subjects are the artifacts the receipt attests to, by digest. NOTE: when empty, the
+        subjects are the package followed by every step output.
+        """
 
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]:

@@ -1,0 +1,265 @@
+"""The local fleet: which services exist, how to start each, and the supervisor that runs them.
+
+`maestro dev up` resolves Postgres and Redis (configured URL, else the machine's server, else an
+embedded one), starts a Tansu Kafka broker, starts every service as a child process with its
+settings in the environment (each applies its own migrations at start-up), waits until all
+report SERVING on gRPC health, prints their endpoints, and stops everything on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mc_common.signing import PemSigner
+from mc_common.testing import infra
+
+
+@dataclass(frozen=True)
+class Infra:
+    """Where the fleet's backing services are."""
+
+    postgres_dsn: str
+    redis_url: str
+    kafka_bootstrap: str
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class ServiceDef:
+    """One service of the fleet: its module and how its environment is built."""
+
+    name: str
+    module: str
+    env: Callable[[Infra, int, int], dict[str, str]]
+    grpc_port: int
+    metrics_port: int
+
+
+def _pql_env(env: Infra, grpc_port: int, metrics_port: int) -> dict[str, str]:
+    key = env.data_dir / "pql-signing-key.pem"
+    if not key.exists():
+        PemSigner.generate().save(key)
+    return {
+        "MC_PQL_POSTGRES_DSN": env.postgres_dsn,
+        "MC_PQL_SIGNING_KEY_PATH": str(key),
+        "MC_PQL_KAFKA_BOOTSTRAP": env.kafka_bootstrap,
+        "MC_PQL_GRPC_PORT": str(grpc_port),
+        "MC_PQL_METRICS_PORT": str(metrics_port),
+    }
+
+
+def _limiter_env(env: Infra, grpc_port: int, metrics_port: int) -> dict[str, str]:
+    return {
+        "MC_LIMITER_REDIS_URLS": env.redis_url,
+        "MC_LIMITER_KAFKA_BOOTSTRAP": env.kafka_bootstrap,
+        "MC_LIMITER_GRPC_PORT": str(grpc_port),
+        "MC_LIMITER_METRICS_PORT": str(metrics_port),
+    }
+
+
+def _module_exists(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+SERVICES: tuple[ServiceDef, ...] = (
+    ServiceDef("pql", "mc_pql.main", _pql_env, grpc_port=7301, metrics_port=9301),
+    ServiceDef("limiter", "mc_limiter.main", _limiter_env, grpc_port=7302, metrics_port=9302),
+)
+
+
+@dataclass
+class RunningService:
+    """A started child process and its endpoints."""
+
+    definition: ServiceDef
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+    log_file: IO[bytes]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+@dataclass
+class Fleet:
+    """Supervises the backing infrastructure and the service processes."""
+
+    data_dir: Path
+    only: tuple[str, ...] = ()
+    broker: infra.TansuBroker | None = None
+    infra: Infra | None = None
+    services: list[RunningService] = field(default_factory=list)
+
+    def start_infra(self) -> Infra:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        admin_dsn = os.environ.get("MC_POSTGRES_DSN") or infra.postgres_dsn()
+        dsn = _ensure_database(admin_dsn, "mc_dev")
+        redis = os.environ.get("MC_REDIS_URL") or infra.redis_url()
+        kafka = os.environ.get("MC_KAFKA_BOOTSTRAP")
+        if not kafka:
+            self.broker = infra.start_tansu()
+            kafka = self.broker.bootstrap_servers
+        self.infra = Infra(dsn, redis, kafka, self.data_dir)
+        return self.infra
+
+    def start_services(self) -> None:
+        assert self.infra is not None
+        for definition in SERVICES:
+            if self.only and definition.name not in self.only:
+                continue
+            if not _module_exists(definition.module):
+                continue
+            grpc_port = _port_or_free(definition.grpc_port)
+            metrics_port = _port_or_free(definition.metrics_port)
+            env = {**os.environ, **definition.env(self.infra, grpc_port, metrics_port)}
+            log_path = self.data_dir / f"{definition.name}.log"
+            log_file = log_path.open("ab")
+            process = subprocess.Popen(
+                [sys.executable, "-m", definition.module],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            self.services.append(
+                RunningService(definition, process, grpc_port, metrics_port, log_path, log_file)
+            )
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Block until every service reports SERVING; raise with its log tail if one dies."""
+        deadline = time.monotonic() + timeout
+        for service in self.services:
+            with grpc.insecure_channel(service.address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                while True:
+                    if service.process.poll() is not None:
+                        raise RuntimeError(
+                            f"{service.definition.name} exited:\n{_tail(service.log_path)}"
+                        )
+                    with contextlib.suppress(grpc.RpcError):
+                        reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"{service.definition.name} not healthy in {timeout}s:\n"
+                            f"{_tail(service.log_path)}"
+                        )
+                    time.sleep(0.1)
+
+    def endpoints(self) -> list[tuple[str, str, str]]:
+        assert self.infra is not None
+        rows = [
+            ("postgres", _redact(self.infra.postgres_dsn), ""),
+            ("redis", self.infra.redis_url, ""),
+            ("kafka", self.infra.kafka_bootstrap, ""),
+        ]
+        rows += [
+            (
+                s.definition.name,
+                f"grpc://{s.address}",
+                f"http://127.0.0.1:{s.metrics_port}/metrics  log: {s.log_path}",
+            )
+            for s in self.services
+        ]
+        return rows
+
+    def stop(self) -> None:
+        (self.data_dir / "endpoints.json").unlink(missing_ok=True)
+        for service in reversed(self.services):
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in reversed(self.services):
+            try:
+                service.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+            service.log_file.close()
+        self.services.clear()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Fleet]:
+        try:
+            self.start_infra()
+            self.start_services()
+            self.wait_healthy()
+            write_endpoints(self.data_dir / "endpoints.json", self)
+            yield self
+        finally:
+            self.stop()
+
+
+def _port_or_free(preferred: int) -> int:
+    """`preferred` when nothing listens there, so CLI defaults work; any free port otherwise."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:
+            return infra.free_port()
+    return preferred
+
+
+def write_endpoints(path: Path, fleet: Fleet) -> None:
+    """Record service addresses for other `maestro` commands (removed when the fleet stops)."""
+    import json
+
+    path.write_text(json.dumps({s.definition.name: s.address for s in fleet.services}))
+
+
+def read_endpoint(data_dir: Path, service: str) -> str | None:
+    import json
+
+    try:
+        return str(json.loads((data_dir / "endpoints.json").read_text())[service])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _ensure_database(admin_dsn: str, name: str) -> str:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return infra.database_dsn(admin_dsn, name)
+
+
+def _redact(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    parts = conninfo_to_dict(dsn)
+    if parts.get("password"):
+        parts["password"] = "***"
+    return make_conninfo("", **parts)  # type: ignore[arg-type]
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

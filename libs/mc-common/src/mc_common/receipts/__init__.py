@@ -1,0 +1,103 @@
+"""MC receipts: in-toto Statement v1 + DSSE signed, RFC 8785 canonical, per-tenant hash-chained.
+
+Build with ``issue_receipt(body, previous_link, signer)``; verify with ``verify_receipt`` and
+``verify_chain`` (pure functions returning reports with stable check codes).
+"""
+
+from mc_common.receipts.canonical import (
+    MAX_SAFE_INTEGER,
+    JsonValue,
+    canonical_digest,
+    canonicalize,
+    is_canonical,
+    parse_json_strict,
+    sha256_hex,
+)
+from mc_common.receipts.chain import (
+    ChainLink,
+    SignedReceipt,
+    build_receipt,
+    issue_receipt,
+    sign_receipt,
+)
+from mc_common.receipts.errors import (
+    CanonicalizationError,
+    ChainLinkError,
+    FloatNotAllowedError,
+    JsonFormatError,
+    ReceiptError,
+    ReceiptVerificationError,
+)
+from mc_common.receipts.model import (
+    IN_TOTO_STATEMENT_TYPE,
+    RECEIPT_PREDICATE_TYPE,
+    Cost,
+    PackageRef,
+    PolicyDecision,
+    ReceiptBody,
+    ReceiptPredicate,
+    ReceiptStatement,
+    Step,
+    StepOutput,
+    StepStatus,
+    Subject,
+    Timing,
+    default_subjects,
+    rfc3339_sort_key,
+    utc_timestamp,
+)
+from mc_common.receipts.verify import (
+    ChainCheck,
+    ChainProblem,
+    ChainReport,
+    CheckFailure,
+    ReceiptCheck,
+    VerificationReport,
+    verify_chain,
+    verify_receipt,
+)
+
+__all__ = [
+    "IN_TOTO_STATEMENT_TYPE",
+    "MAX_SAFE_INTEGER",
+    "RECEIPT_PREDICATE_TYPE",
+    "CanonicalizationError",
+    "ChainCheck",
+    "ChainLink",
+    "ChainLinkError",
+    "ChainProblem",
+    "ChainReport",
+    "CheckFailure",
+    "Cost",
+    "FloatNotAllowedError",
+    "JsonFormatError",
+    "JsonValue",
+    "PackageRef",
+    "PolicyDecision",
+    "ReceiptBody",
+    "ReceiptCheck",
+    "ReceiptError",
+    "ReceiptPredicate",
+    "ReceiptStatement",
+    "ReceiptVerificationError",
+    "SignedReceipt",
+    "Step",
+    "StepOutput",
+    "StepStatus",
+    "Subject",
+    "Timing",
+    "VerificationReport",
+    "build_receipt",
+    "canonical_digest",
+    "canonicalize",
+    "default_subjects",
+    "is_canonical",
+    "issue_receipt",
+    "parse_json_strict",
+    "rfc3339_sort_key",
+    "sha256_hex",
+    "sign_receipt",
+    "utc_timestamp",
+    "verify_chain",
+    "verify_receipt",
+]

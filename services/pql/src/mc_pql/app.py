@@ -1,0 +1,83 @@
+"""Wiring of the provenance service: pool, migrations, signer, domain, consumer, gRPC spec."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import grpc
+
+from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
+from mc_common.db import Pool, create_pool, migrate
+from mc_common.events.consumer import EventConsumer
+from mc_common.events.idempotency import ProcessedEvents
+from mc_common.server import ServiceSpec
+from mc_common.signing import PemSigner, PublicKey
+from mc_pql.decisions import DecisionEventHandler
+from mc_pql.provenance import Provenance
+from mc_pql.servicer import SERVICE_NAME, ProvenanceServicer
+from mc_pql.settings import PqlSettings
+from mc_pql.store import ProvenanceStore
+
+MIGRATIONS = "mc_pql.migrations"
+
+
+@dataclass
+class PqlApp:
+    """A started provenance service minus its gRPC server (see `spec()`)."""
+
+    settings: PqlSettings
+    pool: Pool
+    store: ProvenanceStore
+    provenance: Provenance
+    consumer: EventConsumer | None = None
+    consumer_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def create(cls, settings: PqlSettings) -> PqlApp:
+        """Open the pool, apply migrations, load keys, and start the decisions consumer."""
+        signer = PemSigner.from_file(settings.signing_key_path, settings.signing_key_password)
+        trusted = [PublicKey.from_file(p) for p in settings.trusted_key_paths]
+        pool = await create_pool(
+            settings.postgres_dsn,
+            settings.pool_min_size,
+            settings.pool_max_size,
+            schema=settings.db_schema,
+            name="mc-pql",
+        )
+        try:
+            await migrate(pool, MIGRATIONS, schema=settings.db_schema)
+            processed = ProcessedEvents(pool, settings.consumer_group)
+            await processed.ensure_schema()
+        except BaseException:
+            await pool.close()
+            raise
+        store = ProvenanceStore(pool)
+        provenance = Provenance(store, signer, trusted, max_batch=settings.max_batch_receipts)
+        app = cls(settings, pool, store, provenance)
+        if settings.kafka_bootstrap:
+            app.consumer = EventConsumer(
+                settings.kafka_bootstrap,
+                settings.decisions_topic,
+                group_id=settings.consumer_group,
+                handler=DecisionEventHandler(store, processed),
+            )
+            app.consumer_task = asyncio.create_task(app.consumer.run(), name="pql-decisions")
+        return app
+
+    def spec(self) -> ServiceSpec:
+        servicer = ProvenanceServicer(self.provenance)
+
+        def register(server: grpc.aio.Server) -> None:
+            svc_grpc.add_ProvenanceServiceServicer_to_server(servicer, server)
+
+        return ServiceSpec(name="mc-pql", service_names=[SERVICE_NAME], register=register)
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.consumer_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.consumer_task
+        await self.pool.close()

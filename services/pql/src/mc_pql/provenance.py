@@ -1,0 +1,527 @@
+"""The provenance domain: record, chain, serve and verify receipts, executions and decisions.
+
+Plain Python over `ProvenanceStore`; the gRPC servicer only translates to and from protobuf.
+Every method takes the tenant explicitly; rows of other tenants are simply not found.
+Nothing read from the database is trusted: each receipt is verified as it is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from mc_common.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from mc_common.receipts import (
+    ChainLink,
+    ReceiptBody,
+    ReceiptStatement,
+    Subject,
+    build_receipt,
+    canonical_digest,
+    sha256_hex,
+    sign_receipt,
+    utc_timestamp,
+    verify_chain,
+    verify_receipt,
+)
+from mc_common.signing import (
+    Envelope,
+    KeyRing,
+    PublicKey,
+    SignatureError,
+    Signer,
+    verify_envelope_detailed,
+)
+from mc_pql.client_statement import (
+    CLIENT_SUBJECT,
+    ClientStatementError,
+    parse_client_statement,
+)
+from mc_pql.models import (
+    DecisionRecord,
+    ExecutionRecord,
+    Failure,
+    ReceiptRow,
+    SigningKeyRecord,
+    Verification,
+)
+from mc_pql.store import ChainHead, ProvenanceStore
+
+DEFAULT_PAGE_SIZE = 50
+CHAIN_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ContentSubmission:
+    """Receipt content for the service to sign: the body and optional explicit subjects."""
+
+    body: ReceiptBody
+    subjects: tuple[Subject, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSubmission:
+    """A caller-signed DSSE envelope (JSON bytes) over a client receipt-body statement."""
+
+    envelope: bytes
+
+
+Submission = ContentSubmission | SignedSubmission
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReceipt:
+    """A receipt as read: the row, the verified statement (None if invalid), the result."""
+
+    row: ReceiptRow
+    statement: ReceiptStatement | None
+    verification: Verification
+
+
+@dataclass(frozen=True, slots=True)
+class ChainVerification:
+    """The result of verifying a tenant's whole chain."""
+
+    verification: Verification
+    receipts_checked: int
+    first_broken_sequence: int
+    head_digest: str
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A submission made ready to chain: its body, subjects and client attestation."""
+
+    body: ReceiptBody
+    subjects: list[Subject] | None
+    client_envelope: bytes | None = None
+    client_key_id: str | None = None
+
+
+@dataclass(slots=True)
+class _PendingAppend:
+    """One caller's receipts waiting for the tenant's chain writer."""
+
+    items: list[_Prepared]
+    done: asyncio.Future[list[StoredReceipt]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    signed: list[StoredReceipt] = field(default_factory=list)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def _token(tenant: str, key: list[Any]) -> str:
+    raw = json.dumps({"t": tenant, "k": key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _untoken(tenant: str, token: str) -> list[Any] | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        obj = json.loads(raw)
+        if obj["t"] != tenant or not isinstance(obj["k"], list):
+            raise ValueError("token of another listing")
+        return list(obj["k"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgument.field("page_token", "not a page token of this listing") from exc
+
+
+def _page_size(size: int) -> int:
+    return size if size > 0 else DEFAULT_PAGE_SIZE
+
+
+class Provenance:
+    """Records and serves executions, chained signed receipts and policy decisions."""
+
+    def __init__(
+        self,
+        store: ProvenanceStore,
+        signer: Signer,
+        trusted_keys: Sequence[PublicKey] = (),
+        *,
+        max_batch: int = 256,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._service_keys = KeyRing([PublicKey.from_pem(signer.public_key_pem()), *trusted_keys])
+        self._max_batch = max_batch
+        self._queues: dict[str, list[_PendingAppend]] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
+
+    # -- executions --------------------------------------------------------------------------
+
+    async def record_execution(self, tenant: str, record: ExecutionRecord) -> ExecutionRecord:
+        """Record an execution; re-recording identical content returns the stored one."""
+        record = replace(record, tenant=tenant, recorded_at=None)
+        digest = canonical_digest(_execution_content(record))
+        stored, stored_digest = await self._store.insert_execution(tenant, record, digest)
+        if stored_digest != digest:
+            raise AlreadyExists(
+                f"execution {record.execution_id!r} was already recorded with other content",
+                reason="EXECUTION_CONFLICT",
+            )
+        return stored
+
+    async def get_execution(self, tenant: str, execution_id: str) -> ExecutionRecord:
+        found = await self._store.get_execution(tenant, execution_id)
+        if found is None:
+            raise NotFound(f"execution {execution_id!r} not found")
+        return found
+
+    async def list_executions(
+        self, tenant: str, page_size: int, page_token: str
+    ) -> tuple[list[ExecutionRecord], str]:
+        size = _page_size(page_size)
+        key = _untoken(tenant, page_token)
+        before = (datetime.fromisoformat(key[0]), str(key[1])) if key else None
+        items = await self._store.list_executions(tenant, size + 1, before)
+        more, items = len(items) > size, items[:size]
+        last = items[-1] if items else None
+        token = (
+            _token(tenant, [last.recorded_at.isoformat(), last.execution_id])
+            if more and last and last.recorded_at
+            else ""
+        )
+        return items, token
+
+    # -- receipts: write path ----------------------------------------------------------------
+
+    async def record_receipts(
+        self, tenant: str, submissions: Sequence[Submission]
+    ) -> list[StoredReceipt]:
+        """Verify, sign and chain `submissions` atomically, in order; returns them as stored.
+
+        Concurrent calls for one tenant are group-committed: one transaction appends every
+        receipt waiting at that moment, so throughput does not collapse to one commit per call.
+        """
+        keyring = await self._tenant_keyring(tenant, include_revoked=False)
+        prepared = [
+            self._prepare(tenant, index, len(submissions), item, keyring)
+            for index, item in enumerate(submissions)
+        ]
+        pending = _PendingAppend(prepared)
+        self._queues.setdefault(tenant, []).append(pending)
+        writer = self._writers.get(tenant)
+        if writer is None or writer.done():
+            self._writers[tenant] = asyncio.create_task(self._drain(tenant))
+        return await pending.done
+
+    def _prepare(
+        self, tenant: str, index: int, count: int, item: Submission, keyring: KeyRing
+    ) -> _Prepared:
+        prefix = f"receipts[{index}]." if count > 1 else ""
+        if isinstance(item, ContentSubmission):
+            if item.body.tenant != tenant:
+                raise PermissionDenied("receipt content names another tenant")
+            return _Prepared(item.body, list(item.subjects) or None)
+        field_name = f"{prefix}signed_envelope"
+        try:
+            envelope = Envelope.from_json(item.envelope)
+        except SignatureError as exc:
+            raise InvalidArgument.field(field_name, f"not a DSSE envelope: {exc}") from exc
+        try:
+            verified = verify_envelope_detailed(envelope, keyring)
+        except SignatureError as exc:
+            raise PermissionDenied(
+                f"{field_name}: signature does not verify with a key registered for the tenant "
+                f"({exc})",
+                reason="SIGNATURE_INVALID",
+            ) from exc
+        try:
+            body, subjects = parse_client_statement(verified.payload)
+        except ClientStatementError as exc:
+            raise InvalidArgument.field(field_name, str(exc)) from exc
+        if body.tenant != tenant:
+            raise PermissionDenied(
+                f"{field_name}: the signed statement is for another tenant",
+                reason="TENANT_MISMATCH",
+            )
+        client_subject = Subject(
+            name=CLIENT_SUBJECT, digest={"sha256": sha256_hex(verified.payload)}
+        )
+        return _Prepared(
+            body.model_copy(update={"recorded_at": utc_timestamp(now_utc())}),
+            [*subjects, client_subject],
+            client_envelope=item.envelope,
+            client_key_id=verified.key_ids[0],
+        )
+
+    async def _drain(self, tenant: str) -> None:
+        queue = self._queues[tenant]
+        while queue:
+            group: list[_PendingAppend] = []
+            count = 0
+            while queue and (not group or count + len(queue[0].items) <= self._max_batch):
+                group.append(queue.pop(0))
+                count += len(group[-1].items)
+            try:
+                await self._store.append_receipts(
+                    tenant, functools.partial(self._chain, tenant, group=group)
+                )
+            except Exception as exc:  # every waiter of the group sees the failure
+                for pending in group:
+                    if not pending.done.done():
+                        pending.done.set_exception(exc)
+                continue
+            for pending in group:
+                if not pending.done.done():
+                    pending.done.set_result(pending.signed)
+
+    async def _chain(
+        self, tenant: str, head: ChainHead, *, group: list[_PendingAppend]
+    ) -> list[ReceiptRow]:
+        previous = None if head is None else ChainLink(tenant, head[0], head[1])
+        recorded = now_utc()
+        rows = []
+        for pending in group:
+            pending.signed = []  # a retried build starts over
+            for item in pending.items:
+                statement = build_receipt(item.body, previous, subjects=item.subjects)
+                signed = sign_receipt(statement, self._signer)
+                row = ReceiptRow(
+                    tenant=tenant,
+                    sequence=signed.link.sequence,
+                    digest=signed.link.digest,
+                    previous_digest=statement.predicate.previous_digest,
+                    execution_id=item.body.execution_id,
+                    envelope=signed.envelope.to_json().encode(),
+                    signer_key_id=self._signer.key_id,
+                    client_envelope=item.client_envelope,
+                    client_key_id=item.client_key_id,
+                    recorded_at=recorded,
+                )
+                rows.append(row)
+                pending.signed.append(StoredReceipt(row, statement, Verification()))
+                previous = signed.link
+        return rows
+
+    # -- receipts: read path -----------------------------------------------------------------
+
+    async def get_receipt(self, tenant: str, digest: str) -> StoredReceipt:
+        row = await self._store.get_receipt(tenant, digest)
+        if row is None:
+            raise NotFound(f"receipt {digest} not found")
+        return self._verified(row, await self._tenant_keyring(tenant))
+
+    async def list_receipts(
+        self, tenant: str, page_size: int, page_token: str, execution_id: str = ""
+    ) -> tuple[list[StoredReceipt], str]:
+        size = _page_size(page_size)
+        key = _untoken(tenant, page_token)
+        after = int(key[0]) if key else 0
+        rows = await self._store.list_receipts(tenant, after, size + 1, execution_id)
+        more, rows = len(rows) > size, rows[:size]
+        keyring = await self._tenant_keyring(tenant)
+        token = _token(tenant, [rows[-1].sequence]) if more and rows else ""
+        return [self._verified(r, keyring) for r in rows], token
+
+    async def verify_receipt(self, tenant: str, digest: str) -> Verification:
+        """Verify one receipt and its link to its predecessor."""
+        stored = await self.get_receipt(tenant, digest)
+        failures = list(stored.verification.failures)
+        row = stored.row
+        if row.sequence > 1:
+            previous = await self._store.get_receipt_at(tenant, row.sequence - 1)
+            if previous is None:
+                failures.append(
+                    Failure("PREDECESSOR_MISSING", "the previous receipt is missing", row.sequence)
+                )
+            elif previous.digest != row.previous_digest:
+                failures.append(
+                    Failure(
+                        "PREVIOUS_DIGEST_MISMATCH",
+                        "previous_digest does not name the stored predecessor",
+                        row.sequence,
+                    )
+                )
+        elif row.previous_digest:
+            failures.append(
+                Failure("GENESIS_PREVIOUS_NOT_EMPTY", "first receipt names a predecessor", 1)
+            )
+        return Verification(tuple(failures))
+
+    async def verify_chain(self, tenant: str) -> ChainVerification:
+        """Verify every receipt of `tenant` and every link between them, page by page."""
+        service_keys = self._service_keys
+        tenant_keys = await self._tenant_keyring(tenant)
+        failures: list[Failure] = []
+        checked, after_seq, head = 0, 0, ""
+        anchor: ChainLink | None = None
+        while True:
+            rows = await self._store.list_receipts(tenant, after_seq, CHAIN_PAGE)
+            if not rows:
+                break
+            report = verify_chain(
+                [r.envelope for r in rows], service_keys, expected_tenant=tenant, after=anchor
+            )
+            for problem in report.problems:
+                detail = "; ".join(f"{f.code}: {f.message}" for f in problem.receipt_failures)
+                failures.append(
+                    Failure(
+                        str(problem.code),
+                        problem.message + (f" ({detail})" if detail else ""),
+                        problem.sequence or 0,
+                    )
+                )
+            for row, receipt_report in zip(rows, report.receipts, strict=True):
+                failures += _row_failures(row, receipt_report.parsed_statement)
+                failures += self._client_failures(row, receipt_report.parsed_statement, tenant_keys)
+            checked += len(rows)
+            last = rows[-1]
+            after_seq, head = last.sequence, last.digest
+            # Continue from what the rows claim; a forged link is reported above either way.
+            anchor = ChainLink(tenant, last.sequence, report.receipts[-1].digest or last.digest)
+        first = min((f.sequence for f in failures if f.sequence), default=0)
+        return ChainVerification(Verification(tuple(failures)), checked, first, head)
+
+    def _verified(self, row: ReceiptRow, tenant_keys: KeyRing | None) -> StoredReceipt:
+        report = verify_receipt(
+            row.envelope, self._service_keys, expected_tenant=row.tenant, expected_digest=row.digest
+        )
+        failures = [Failure(str(f.code), f.message, row.sequence) for f in report.failures]
+        failures += _row_failures(row, report.parsed_statement)
+        if tenant_keys is not None:
+            failures += self._client_failures(row, report.parsed_statement, tenant_keys)
+        verification = Verification(tuple(failures))
+        statement = report.parsed_statement if verification.valid else None
+        return StoredReceipt(row, statement, verification)
+
+    @staticmethod
+    def _client_failures(
+        row: ReceiptRow, statement: ReceiptStatement | None, tenant_keys: KeyRing
+    ) -> list[Failure]:
+        if row.client_envelope is None:
+            return []
+        try:
+            verified = verify_envelope_detailed(
+                Envelope.from_json(row.client_envelope), tenant_keys
+            )
+        except SignatureError as exc:
+            return [Failure("CLIENT_SIGNATURE_INVALID", str(exc), row.sequence)]
+        digest = sha256_hex(verified.payload)
+        named = statement and any(
+            s.name == CLIENT_SUBJECT and s.digest.get("sha256") == digest for s in statement.subject
+        )
+        if statement is not None and not named:
+            return [
+                Failure(
+                    "CLIENT_STATEMENT_MISMATCH",
+                    "the receipt does not attest the stored client statement",
+                    row.sequence,
+                )
+            ]
+        return []
+
+    async def _tenant_keyring(self, tenant: str, *, include_revoked: bool = True) -> KeyRing:
+        ring = KeyRing()
+        for key in await self._store.tenant_keys(tenant):
+            if include_revoked or key.revoked_at is None:
+                ring.add_pem(key.public_key_pem)
+        return ring
+
+    # -- policy decisions --------------------------------------------------------------------
+
+    async def record_decision(
+        self, tenant: str, record: DecisionRecord
+    ) -> tuple[DecisionRecord, bool]:
+        """Record a decision; the same decision id again is a no-op (created = False)."""
+        created = await self._store.record_decision(tenant, replace(record, tenant=tenant))
+        return await self.get_decision(tenant, record.decision_id), created
+
+    async def get_decision(self, tenant: str, decision_id: str) -> DecisionRecord:
+        found = await self._store.get_decision(tenant, decision_id)
+        if found is None:
+            raise NotFound(f"decision {decision_id!r} not found")
+        return found
+
+    async def list_decisions(
+        self, tenant: str, page_size: int, page_token: str, execution_id: str = ""
+    ) -> tuple[list[DecisionRecord], str]:
+        size = _page_size(page_size)
+        key = _untoken(tenant, page_token)
+        before = (datetime.fromisoformat(key[0]), str(key[1])) if key else None
+        items = await self._store.list_decisions(tenant, size + 1, before, execution_id)
+        more, items = len(items) > size, items[:size]
+        token = (
+            _token(tenant, [items[-1].decided_at.isoformat(), items[-1].decision_id])
+            if more and items
+            else ""
+        )
+        return items, token
+
+    # -- tenant signing keys -----------------------------------------------------------------
+
+    async def register_key(self, tenant: str, pem: str) -> SigningKeyRecord:
+        try:
+            key = PublicKey.from_pem(pem)
+        except SignatureError as exc:
+            raise InvalidArgument.field(
+                "public_key_pem", f"not a PEM ECDSA P-256 public key: {exc}"
+            ) from exc
+        canonical_pem = key.pem().decode()
+        stored = await self._store.register_key(key.key_id, tenant, canonical_pem)
+        if stored is None:
+            raise AlreadyExists("this key is registered for another tenant", reason="KEY_IN_USE")
+        return stored
+
+    async def revoke_key(self, key_id: str) -> SigningKeyRecord:
+        stored = await self._store.revoke_key(key_id)
+        if stored is None:
+            raise NotFound(f"signing key {key_id} not found")
+        return stored
+
+
+def _execution_content(record: ExecutionRecord) -> dict[str, Any]:
+    def ts(value: datetime | None) -> str:
+        return "" if value is None else utc_timestamp(value)
+
+    return {
+        "execution_id": record.execution_id,
+        "package": [record.package_name, record.package_version, record.package_digest],
+        "region": record.region,
+        "status": record.status,
+        "started_at": ts(record.started_at),
+        "finished_at": ts(record.finished_at),
+        "labels": dict(sorted(record.labels.items())),
+    }
+
+
+def _row_failures(row: ReceiptRow, statement: ReceiptStatement | None) -> list[Failure]:
+    """Columns must agree with the signed statement: a column edited in SQL is caught here."""
+    if statement is None:
+        return []
+    predicate = statement.predicate
+    mismatched = [
+        name
+        for name, column, signed in (
+            ("sequence", row.sequence, predicate.sequence),
+            ("previous_digest", row.previous_digest, predicate.previous_digest),
+            ("execution_id", row.execution_id, predicate.execution_id),
+        )
+        if column != signed
+    ]
+    if not mismatched:
+        return []
+    return [
+        Failure(
+            "ROW_MISMATCH",
+            f"stored columns differ from the signed receipt: {', '.join(mismatched)}",
+            row.sequence,
+        )
+    ]

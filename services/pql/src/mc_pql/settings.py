@@ -1,0 +1,39 @@
+"""Typed settings of the provenance service, read from `MC_PQL_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from mc_common.config import ServiceSettings
+
+
+class PqlSettings(ServiceSettings):
+    """Everything the provenance service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MC_PQL_", extra="ignore", frozen=True)
+
+    postgres_dsn: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/postgres", description="Provenance database."
+    )
+    db_schema: str = Field("pql", pattern=r"^[a-z_][a-z0-9_]*$", description="Postgres schema.")
+    pool_min_size: int = Field(2, ge=1)
+    pool_max_size: int = Field(10, ge=1)
+    signing_key_path: Path = Field(
+        ..., description="PEM ECDSA P-256 private key the service signs receipts with."
+    )
+    signing_key_password: str | None = Field(None, description="Password of the signing key.")
+    trusted_key_paths: list[Path] = Field(
+        default_factory=list,
+        description="PEM public keys of earlier service keys, so receipts survive key rotation.",
+    )
+    kafka_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers; unset disables the decisions consumer."
+    )
+    decisions_topic: str = Field("mc.policy.decisions", description="Policy decisions topic.")
+    consumer_group: str = Field("mc-pql", description="Kafka consumer group of this service.")
+    max_batch_receipts: int = Field(
+        256, ge=1, description="Most receipts one chain transaction appends (group commit)."
+    )
