@@ -24,8 +24,7 @@ from mc_common.db import (
 
 CREATE_ITEMS = "CREATE TABLE items (id integer PRIMARY KEY, label text NOT NULL);\n"
 SEED_ITEMS = (
-    "INSERT INTO items (id, label) VALUES (1, 'one');\n"
-    "CREATE INDEX items_label ON items (label);\n"
+    "INSERT INTO items (id, label) VALUES (1, 'one');\nCREATE INDEX items_label ON items (label);\n"
 )
 
 

@@ -45,5 +45,3 @@ async def pql_server(pql_app: PqlApp, pql_settings: PqlSettings) -> AsyncIterato
 async def stub(pql_server: RunningServer) -> AsyncIterator[svc_grpc.ProvenanceServiceStub]:
     async with grpc.aio.insecure_channel(pql_server.address) as channel:
         yield svc_grpc.ProvenanceServiceStub(channel)
-
-

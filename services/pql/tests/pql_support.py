@@ -45,4 +45,3 @@ def content(execution_id: str = "exec-1", n: int = 0) -> pb.ReceiptContent:
 
 def record(execution_id: str = "exec-1", n: int = 0) -> svc.RecordReceiptRequest:
     return svc.RecordReceiptRequest(content=content(execution_id, n))
-

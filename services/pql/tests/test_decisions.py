@@ -42,8 +42,12 @@ async def decision_rows(app: PqlApp, tenant: str) -> list[tuple[str, bool]]:
 
 async def test_rpc_recording_is_idempotent_and_tenant_scoped(stub: Stub) -> None:
     decision = pb.PolicyDecision(
-        decision_id="dec-1", policy="mc.limits@1", rule="quota", allow=False,
-        reason="over quota", decided_at=decided_at(),
+        decision_id="dec-1",
+        policy="mc.limits@1",
+        rule="quota",
+        allow=False,
+        reason="over quota",
+        decided_at=decided_at(),
     )
     first = await stub.RecordPolicyDecision(
         svc.RecordPolicyDecisionRequest(decision=decision), metadata=md("acme")
@@ -103,8 +107,13 @@ async def test_redelivered_events_create_no_duplicates(
 ) -> None:
     app, topic = consuming_app
     event = events_pb.PolicyDecisionEvent(
-        decision_id="dec-7", tenant="acme", policy="mc.limits@1", rule="quota", allow=False,
-        reason="over quota", decided_at=decided_at(),
+        decision_id="dec-7",
+        tenant="acme",
+        policy="mc.limits@1",
+        rule="quota",
+        allow=False,
+        reason="over quota",
+        decided_at=decided_at(),
     )
     async with EventPublisher(kafka_bootstrap, source="test") as publisher:
         # The same event delivered three times, and a retry that minted a new event id.

@@ -44,7 +44,9 @@ async def test_record_get_list_and_verify_chain(stub: Stub) -> None:
     assert (second.sequence, second.previous_digest) == (2, first.digest)
     assert first.verification.valid and first.content.execution_id == "e1"
 
-    got = (await stub.GetReceipt(svc.GetReceiptRequest(digest=second.digest), metadata=md("acme"))).receipt
+    got = (
+        await stub.GetReceipt(svc.GetReceiptRequest(digest=second.digest), metadata=md("acme"))
+    ).receipt
     assert got.verification.valid
     assert got.content == second.content
     assert got.content.cost.amount_micros == 1_250_002
@@ -59,7 +61,9 @@ async def test_record_get_list_and_verify_chain(stub: Stub) -> None:
     chain = await stub.VerifyChain(svc.VerifyChainRequest(), metadata=md("acme"))
     assert chain.verification.valid, chain.verification.failures
     assert (chain.receipts_checked, chain.head_digest) == (2, second.digest)
-    one = await stub.VerifyReceipt(svc.VerifyReceiptRequest(digest=second.digest), metadata=md("acme"))
+    one = await stub.VerifyReceipt(
+        svc.VerifyReceiptRequest(digest=second.digest), metadata=md("acme")
+    )
     assert one.verification.valid
 
 
@@ -86,7 +90,9 @@ async def test_tenants_cannot_see_each_other(stub: Stub) -> None:
         await stub.GetReceipt(svc.GetReceiptRequest(digest=mine.digest), metadata=md("tenant-b"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.VerifyReceipt(svc.VerifyReceiptRequest(digest=mine.digest), metadata=md("tenant-b"))
+        await stub.VerifyReceipt(
+            svc.VerifyReceiptRequest(digest=mine.digest), metadata=md("tenant-b")
+        )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     listed = await stub.ListReceipts(svc.ListReceiptsRequest(), metadata=md("tenant-b"))
     assert list(listed.receipts) == []
@@ -135,7 +141,9 @@ async def test_malformed_content_names_each_field_and_stores_nothing(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_fields(err.value) == ["content"]
     # One bad receipt in a batch rejects the whole batch.
-    batch = svc.RecordReceiptsRequest(receipts=[record("ok"), svc.RecordReceiptRequest(content=bad)])
+    batch = svc.RecordReceiptsRequest(
+        receipts=[record("ok"), svc.RecordReceiptRequest(content=bad)]
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.RecordReceipts(batch, metadata=md("acme"))
     assert "receipts[1].content.package.digest" in bad_fields(err.value)

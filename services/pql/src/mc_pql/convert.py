@@ -19,6 +19,7 @@ from mc_common.receipts import (
     StepOutput,
     Subject,
     Timing,
+    rfc3339_sort_key,
     utc_timestamp,
 )
 from mc_pql.models import DecisionRecord, ExecutionRecord, SigningKeyRecord, Verification
@@ -42,9 +43,8 @@ def _ts(value: datetime | None) -> Timestamp | None:
 
 
 def _ts_from_text(value: str) -> Timestamp:
-    out = Timestamp()
-    out.FromJsonString(value)
-    return out
+    moment, nanos = rfc3339_sort_key(value)  # cached parse of the receipt's own format
+    return Timestamp(seconds=int(moment.timestamp()), nanos=nanos)
 
 
 # pydantic field locations of ReceiptBody -> the request fields they came from.

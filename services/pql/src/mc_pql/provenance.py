@@ -161,8 +161,8 @@ class Provenance:
         self._signer = signer
         self._service_keys = KeyRing([PublicKey.from_pem(signer.public_key_pem()), *trusted_keys])
         self._max_batch = max_batch
-        self._queues: dict[str, list[_PendingAppend]] = {}
-        self._writers: dict[str, asyncio.Task[None]] = {}
+        self._queue: list[tuple[str, _PendingAppend]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     # -- executions --------------------------------------------------------------------------
 
@@ -207,19 +207,20 @@ class Provenance:
     ) -> list[StoredReceipt]:
         """Verify, sign and chain `submissions` atomically, in order; returns them as stored.
 
-        Concurrent calls for one tenant are group-committed: one transaction appends every
-        receipt waiting at that moment, so throughput does not collapse to one commit per call.
+        Concurrent calls are group-committed: one transaction appends every receipt waiting at
+        that moment, for every tenant, so throughput does not collapse to one commit per call.
         """
-        keyring = await self._tenant_keyring(tenant, include_revoked=False)
+        keyring = KeyRing()
+        if any(isinstance(item, SignedSubmission) for item in submissions):
+            keyring = await self._tenant_keyring(tenant, include_revoked=False)
         prepared = [
             self._prepare(tenant, index, len(submissions), item, keyring)
             for index, item in enumerate(submissions)
         ]
         pending = _PendingAppend(prepared)
-        self._queues.setdefault(tenant, []).append(pending)
-        writer = self._writers.get(tenant)
-        if writer is None or writer.done():
-            self._writers[tenant] = asyncio.create_task(self._drain(tenant))
+        self._queue.append((tenant, pending))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="pql-chain-writer")
         return await pending.done
 
     def _prepare(
@@ -262,24 +263,29 @@ class Provenance:
             client_key_id=verified.key_ids[0],
         )
 
-    async def _drain(self, tenant: str) -> None:
-        queue = self._queues[tenant]
+    async def _drain(self) -> None:
+        """The single chain writer: appends whatever is queued, one transaction per round."""
+        queue = self._queue
         while queue:
-            group: list[_PendingAppend] = []
+            group: dict[str, list[_PendingAppend]] = {}
             count = 0
-            while queue and (not group or count + len(queue[0].items) <= self._max_batch):
-                group.append(queue.pop(0))
-                count += len(group[-1].items)
+            while queue and (not group or count + len(queue[0][1].items) <= self._max_batch):
+                tenant, pending = queue.pop(0)
+                group.setdefault(tenant, []).append(pending)
+                count += len(pending.items)
+            builds = {
+                tenant: functools.partial(self._chain, tenant, group=pendings)
+                for tenant, pendings in group.items()
+            }
+            waiters = [p for pendings in group.values() for p in pendings]
             try:
-                await self._store.append_receipts(
-                    tenant, functools.partial(self._chain, tenant, group=group)
-                )
-            except Exception as exc:  # every waiter of the group sees the failure
-                for pending in group:
+                await self._store.append_receipts(builds)
+            except Exception as exc:  # every waiter of the round sees the failure
+                for pending in waiters:
                     if not pending.done.done():
                         pending.done.set_exception(exc)
                 continue
-            for pending in group:
+            for pending in waiters:
                 if not pending.done.done():
                     pending.done.set_result(pending.signed)
 

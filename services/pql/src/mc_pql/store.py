@@ -7,7 +7,7 @@ chain run under a transaction-scoped advisory lock on the tenant, so replicas ne
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -141,23 +141,24 @@ class ProvenanceStore:
 
     async def append_receipts(
         self,
-        tenant: str,
-        build: Callable[[ChainHead], Awaitable[Sequence[ReceiptRow]]],
+        builds: Mapping[str, Callable[[ChainHead], Awaitable[Sequence[ReceiptRow]]]],
     ) -> list[ReceiptRow]:
-        """Append receipts to `tenant`'s chain in one transaction.
+        """Append receipts to several tenants' chains in one transaction (one commit).
 
-        `build` receives the current chain head and returns the rows to insert, chained from it;
-        the tenant's advisory lock is held from reading the head to commit, so concurrent
-        writers (in this process or other replicas) serialize and never fork the chain.
+        For each tenant, in sorted order (so concurrent writers never deadlock), the tenant's
+        advisory lock is taken, its chain head read, and `builds[tenant](head)` returns the
+        rows to insert, chained from that head. The locks are held until commit, so writers in
+        this process or in other replicas serialize per tenant and never fork a chain.
         """
+        rows: list[ReceiptRow] = []
         async with self._pool.connection() as conn, conn.transaction():
             async with conn.cursor() as cur:
-                await cur.execute(
-                    "SELECT pg_advisory_xact_lock(hashtextextended('mc.pql.chain:' || %s, 0))",
-                    (tenant,),
-                )
-                head = await self._head(conn, tenant)
-                rows = list(await build(head))
+                for tenant in sorted(builds):
+                    await cur.execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended('mc.pql.chain:' || %s, 0))",
+                        (tenant,),
+                    )
+                    rows += await builds[tenant](await self._head(conn, tenant))
                 await cur.executemany(
                     f"INSERT INTO receipts ({_RECEIPT_COLUMNS}) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -177,7 +178,7 @@ class ProvenanceStore:
                         for r in rows
                     ],
                 )
-            return rows
+        return rows
 
     @staticmethod
     async def _head(conn: AsyncConnection[Any], tenant: str) -> ChainHead:

@@ -16,6 +16,7 @@ from mc_common.events.consumer import (
     HEADER_DLQ_TOPIC,
     DeadLetterEvent,
     EventConsumer,
+    GroupTimings,
     Handler,
     dead_letter_topic,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "DeadLetterEvent",
     "EventConsumer",
     "EventPublisher",
+    "GroupTimings",
     "Handler",
     "MalformedEventError",
     "OutgoingEvent",

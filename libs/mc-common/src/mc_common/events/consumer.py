@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -50,6 +51,26 @@ _MAX_ERROR_HEADER_CHARS = 1000
 def dead_letter_topic(topic: str) -> str:
     """The dead-letter topic of `topic`: `<topic>.dlq`."""
     return f"{topic}{DEAD_LETTER_SUFFIX}"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupTimings:
+    """Consumer-group membership timings (aiokafka's defaults; tests use shorter ones)."""
+
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    rebalance_timeout_ms: int | None = None
+    """None: same as the session timeout."""
+    max_poll_interval_ms: int = 300_000
+
+    def consumer_options(self) -> dict[str, Any]:
+        """These timings as `AIOKafkaConsumer` keyword arguments."""
+        return {
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "rebalance_timeout_ms": self.rebalance_timeout_ms,
+            "max_poll_interval_ms": self.max_poll_interval_ms,
+        }
 
 
 class DeadLetterEvent(Exception):
@@ -83,8 +104,7 @@ class EventConsumer:
         poll_timeout_ms: longest wait for records per poll; bounds how quickly `stop()` acts.
         retry_initial_backoff: seconds before the first retry of a failed handler call.
         retry_max_backoff: cap of the exponential retry delay, in seconds.
-        session_timeout_ms, heartbeat_interval_ms, rebalance_timeout_ms, max_poll_interval_ms:
-            group membership timings, passed to aiokafka (tests shorten them).
+        timings: group membership timings (see `GroupTimings`).
         dead_letter_producer: a started producer for dead letters; by default the consumer
             creates and closes its own.
     """
@@ -102,10 +122,7 @@ class EventConsumer:
         poll_timeout_ms: int = 500,
         retry_initial_backoff: float = 0.5,
         retry_max_backoff: float = 30.0,
-        session_timeout_ms: int = 10_000,
-        heartbeat_interval_ms: int = 3_000,
-        rebalance_timeout_ms: int | None = None,
-        max_poll_interval_ms: int = 300_000,
+        timings: GroupTimings | None = None,
         dead_letter_producer: AIOKafkaProducer | None = None,
     ) -> None:
         if not group_id:
@@ -119,10 +136,7 @@ class EventConsumer:
         self._client_id = client_id or f"mc-consumer-{group_id}"
         self._consumer_options: dict[str, Any] = {
             "auto_offset_reset": auto_offset_reset,
-            "session_timeout_ms": session_timeout_ms,
-            "heartbeat_interval_ms": heartbeat_interval_ms,
-            "rebalance_timeout_ms": rebalance_timeout_ms,
-            "max_poll_interval_ms": max_poll_interval_ms,
+            **(timings or GroupTimings()).consumer_options(),
         }
         self._max_batch = max_batch
         self._poll_timeout_ms = poll_timeout_ms

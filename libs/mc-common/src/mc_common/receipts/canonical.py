@@ -29,10 +29,16 @@ def canonicalize(value: object) -> bytes:
     ``FloatNotAllowedError`` for floats and ``CanonicalizationError`` for anything else
     (unsafe integers, lone surrogates, non-string keys, other types).
     """
-    parts: list[str] = []
-    _write(value, parts, "$")
+    if _check_plain(value):
+        # Fast path (C json encoder): for plain dicts whose keys sort the same by code point
+        # and by UTF-16 code unit, json.dumps with these options *is* RFC 8785.
+        text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    else:
+        parts: list[str] = []
+        _write(value, parts, "$")
+        text = "".join(parts)
     try:
-        return "".join(parts).encode("utf-8")
+        return text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise CanonicalizationError(
             f"string is not valid Unicode (lone surrogate?): {exc}"
@@ -82,6 +88,28 @@ def is_canonical(data: bytes) -> bool:
         return canonicalize(parse_json_strict(data)) == data
     except (JsonFormatError, CanonicalizationError):
         return False
+
+
+_UTF16_ORDER_DIFFERS = "\ud800"  # keys with any char >= U+D800 may sort differently in UTF-16
+
+
+def _check_plain(value: object) -> bool:
+    """True when the fast path gives the right bytes; False when the general writer must run
+    (it also produces the precise error for an invalid value)."""
+    if value is None or value is True or value is False or type(value) is str:
+        return True
+    if type(value) is int:
+        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str or not (key.isascii() or max(key) < _UTF16_ORDER_DIFFERS):
+                return False
+            if not _check_plain(item):
+                return False
+        return True
+    if type(value) is list or type(value) is tuple:
+        return all(_check_plain(item) for item in value)
+    return False
 
 
 def _write(value: object, out: list[str], path: str) -> None:

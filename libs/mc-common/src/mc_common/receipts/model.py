@@ -8,6 +8,7 @@ never needs floats and has exactly one canonical form.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
@@ -32,6 +33,7 @@ _RFC3339_UTC = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=8192)  # the same instants recur across a receipt's models
 def rfc3339_sort_key(value: str) -> tuple[datetime, int]:
     """Parse an RFC 3339 UTC ``...Z`` timestamp into a comparable (second, nanosecond) key."""
     match = _RFC3339_UTC.match(value)

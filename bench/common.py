@@ -1,0 +1,153 @@
+"""Shared pieces of the benchmarks: child-process servers, a bare gRPC echo baseline, load loops.
+
+Every benchmark runs its load from this process against servers in child processes, and
+measures a bare gRPC echo server in the same run so figures are printed as ratios to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Child:
+    process: subprocess.Popen[bytes]
+    address: str
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+async def start_child(args: list[str], env: dict[str, str], port: int, log: Path) -> Child:
+    """Start a gRPC server process and wait until it reports SERVING."""
+    out = log.open("wb")
+    process = subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=out)
+    address = f"127.0.0.1:{port}"
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(600):
+            if process.poll() is not None:
+                raise RuntimeError(log.read_text())
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return Child(process, address)
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"server did not start: {log.read_text()}")
+
+
+async def start_echo(request_type: str, response_type: str, log: Path) -> Child:
+    """A bare grpc.aio server that answers every call with a default response: the baseline."""
+    port = free_port()
+    args = [sys.executable, str(Path(__file__).with_name("echo_server.py")), str(port)]
+    return await start_child(
+        args, {"ECHO_REQUEST": request_type, "ECHO_RESPONSE": response_type}, port, log
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Throughput:
+    calls: int
+    items: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def calls_per_s(self) -> float:
+        return self.calls / self.seconds
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds
+
+    def summary(self) -> str:
+        return (
+            f"{self.items_per_s:9.0f} items/s  {self.calls_per_s:8.0f} calls/s  "
+            f"p50 {percentile(self.latencies_ms, 0.5):6.2f} ms  "
+            f"p99 {percentile(self.latencies_ms, 0.99):6.2f} ms"
+        )
+
+
+async def closed_loop(
+    call: Callable[[int], Awaitable[int]], concurrency: int, seconds: float, warmup: float = 1.0
+) -> Throughput:
+    """`concurrency` workers call back to back for `seconds`; each call returns its item count."""
+    stop_at = time.perf_counter() + warmup + seconds
+    measure_from = time.perf_counter() + warmup
+    latencies: list[float] = []
+    counts = [0, 0]
+    seq = 0
+
+    async def worker() -> None:
+        nonlocal seq
+        while (now := time.perf_counter()) < stop_at:
+            seq += 1
+            items = await call(seq)
+            done = time.perf_counter()
+            if now >= measure_from:
+                latencies.append((done - now) * 1000)
+                counts[0] += 1
+                counts[1] += items
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Throughput(counts[0], counts[1], seconds, latencies)
+
+
+async def open_loop(
+    call: Callable[[int], Awaitable[int]], rate: float, seconds: float
+) -> Throughput:
+    """Send at a fixed offered `rate`; latency counts from the scheduled send time, so a server
+    that falls behind is charged for the queueing it causes (no coordinated omission)."""
+    interval = 1.0 / rate
+    start = time.perf_counter() + 0.05
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    items = 0
+
+    async def one(i: int) -> None:
+        nonlocal items
+        scheduled = start + i * interval
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        items += await call(i)
+        latencies.append((time.perf_counter() - scheduled) * 1000)
+
+    await asyncio.gather(*(one(i) for i in range(total)))
+    elapsed = time.perf_counter() - start
+    return Throughput(total, items, elapsed, latencies)
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")

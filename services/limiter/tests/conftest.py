@@ -1,0 +1,154 @@
+"""Fixtures for the limiter tests: the machine's Redis with a unique key prefix per test, extra
+``redis-server`` processes on free ports (for sharding, outages and regions), and a factory
+for started ``Limiter`` instances that are closed at teardown."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+
+from mc_limiter.limiter import Limiter, LimiterOptions
+from mc_limiter.regions import RegionPeer
+from mc_limiter.sharding import Shard, ShardRouter
+
+SHARED_REDIS_URL = os.environ.get("MC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisProcess:
+    """A throw-away ``redis-server`` (no persistence) that tests can kill and restart."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server binary not on PATH")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with SyncRedis(port=self.port, socket_connect_timeout=0.2) as probe:
+                    probe.ping()
+                return
+            except Exception:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def redis_servers() -> Iterator[Callable[[], RedisProcess]]:
+    """Factory: ``redis_servers()`` starts a new redis-server on a free port."""
+    started: list[RedisProcess] = []
+
+    def start() -> RedisProcess:
+        server = RedisProcess(_free_port())
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def shared_redis(prefix: str) -> AsyncIterator[Redis]:
+    """A client on the machine's Redis; deletes this test's keys (``<prefix>*``) afterwards."""
+    client = Redis.from_url(SHARED_REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        await client.aclose()
+        pytest.skip(f"no Redis at {SHARED_REDIS_URL}: {exc!r}")
+    yield client
+    async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        await client.delete(key)
+    await client.aclose()
+
+
+MakeLimiter = Callable[..., Awaitable[Limiter]]
+
+
+@pytest.fixture
+async def make_limiter(prefix: str, shared_redis: Redis) -> AsyncIterator[MakeLimiter]:
+    """Factory for started limiters, closed at teardown.
+
+    ``urls``: this region's shards (default: the shared Redis); ``peers``: other regions as
+    ``(name, urls)``; ``options``: ``LimiterOptions`` fields (``key_prefix`` defaults to the
+    test's prefix); further keyword arguments go to ``Limiter`` (metrics, sinks, rng).
+    """
+    limiters: list[Limiter] = []
+    clients: list[Redis] = []
+
+    def shards_for(urls: Sequence[str], timeout_ms: int) -> list[Shard]:
+        shards = [Shard.from_url(f"s{i}", url, timeout_ms) for i, url in enumerate(urls)]
+        clients.extend(s.client for s in shards)
+        return shards
+
+    async def make(
+        urls: Sequence[str] | None = None,
+        *,
+        peers: Sequence[tuple[str, Sequence[str]]] = (),
+        timeout_ms: int = 100,
+        options: dict[str, Any] | None = None,
+        **limiter_kwargs: Any,
+    ) -> Limiter:
+        fields = {"key_prefix": prefix, **(options or {})}
+        limiter_options = LimiterOptions(**fields)
+        region_peers = [
+            RegionPeer(name, ShardRouter(shards_for(peer_urls, timeout_ms)), fields["key_prefix"])
+            for name, peer_urls in peers
+        ]
+        limiter = Limiter(
+            shards_for(urls or [SHARED_REDIS_URL], timeout_ms),
+            options=limiter_options,
+            peers=region_peers,
+            **limiter_kwargs,
+        )
+        await limiter.start()
+        limiters.append(limiter)
+        return limiter
+
+    yield make
+    for limiter in limiters:
+        await limiter.close()
+    for client in clients:
+        await client.aclose()
