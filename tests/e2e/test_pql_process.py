@@ -14,11 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pql_support import md, record
 
 from mc.pql.v1 import provenance_service_pb2 as svc
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common.signing import PemSigner
-from pql_support import md, record
 
 
 def free_port() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,17 @@ from mc_common.receipts import (
 from mc_common.signing import KeyRing, PemSigner
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-SIGSTORE_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "sigstore"
+
+
+def _shared_dir() -> Path:
+    """`../shared` beside the project root (MC_SHARED_DIR overrides, for clones elsewhere)."""
+    for candidate in (os.environ.get("MC_SHARED_DIR"), REPO_ROOT.parent / "shared", "/work/shared"):
+        if candidate and (Path(candidate) / "fixtures").is_dir():
+            return Path(candidate)
+    return REPO_ROOT.parent / "shared"
+
+
+SIGSTORE_FIXTURES = _shared_dir() / "fixtures" / "sigstore"
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The C-encoder fast path of `canonicalize` produces exactly the general RFC 8785 writer's bytes."""
+"""The C-encoder fast path of `canonicalize` gives exactly the general RFC 8785 writer's bytes."""
 
 from __future__ import annotations
 

@@ -311,7 +311,9 @@ async def test_redelivered_events_apply_side_effects_once(
                     for batch in (await crashed.getmany(timeout_ms=200)).values():
                         for record in batch:
                             envelope = decode_envelope(record.value)
-                            event = ReceivedEvent(envelope, record.topic, 0, record.offset, None)
+                            event = ReceivedEvent(
+                                envelope, topic, record.partition, record.offset, None
+                            )
                             first_results.append(await apply(event))
         finally:
             await crashed.stop()  # no commit

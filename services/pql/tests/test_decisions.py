@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,10 +12,10 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from pql_support import md
 
+from mc.policy.v1 import decision_events_pb2 as events_pb
 from mc.pql.v1 import provenance_pb2 as pb
 from mc.pql.v1 import provenance_service_pb2 as svc
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
-from mc.policy.v1 import decision_events_pb2 as events_pb
 from mc_common.events.publisher import EventPublisher
 from mc_pql.app import PqlApp
 from mc_pql.decisions import DECISION_EVENT_TYPE
@@ -94,9 +94,9 @@ async def consuming_app(
     await app.close()
 
 
-async def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():  # type: ignore[misc]
+async def wait_for(predicate: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import grpc
 import pytest
@@ -71,7 +72,7 @@ async def test_batch_is_chained_in_order(stub: Stub) -> None:
     batch = svc.RecordReceiptsRequest(receipts=[record(f"e{i}", i) for i in range(5)])
     receipts = (await stub.RecordReceipts(batch, metadata=md("acme"))).receipts
     assert [r.sequence for r in receipts] == [1, 2, 3, 4, 5]
-    for before, after in zip(receipts, receipts[1:], strict=False):
+    for before, after in itertools.pairwise(receipts):
         assert after.previous_digest == before.digest
 
 

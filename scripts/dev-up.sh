@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Start the whole MC fleet locally (bootstraps the environment first); Ctrl-C stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+export PATH="$HOME/.local/bin:$PATH"
+exec uv run maestro dev up "$@"
