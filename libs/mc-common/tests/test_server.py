@@ -135,3 +135,45 @@ async def test_health_reports_per_service(server: RunningServer) -> None:
         await server.set_serving(False)
         reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_rpcs_are_traced_and_logs_carry_the_trace_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from mc_common.logs import JsonFormatter
+    from mc_common.tracing import build_tracer_provider
+
+    exporter = InMemorySpanExporter()
+    provider = build_tracer_provider("test", span_exporter=exporter)
+    lines: list[str] = []
+
+    class Logging(EchoTenantServicer):
+        async def GetExecution(self, request, context):  # type: ignore[no-untyped-def]
+            import logging
+
+            record = logging.LogRecord("t", logging.INFO, __file__, 1, "inside", None, None)
+            lines.append(JsonFormatter("test").format(record))
+            return await super().GetExecution(request, context)
+
+    spec = ServiceSpec(
+        name="test",
+        service_names=[SERVICE],
+        register=lambda s: svc_grpc.add_ProvenanceServiceServicer_to_server(Logging(), s),
+    )
+    running = await start_server(ServiceSettings(), spec, tracer_provider=provider)
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            await svc_grpc.ProvenanceServiceStub(channel).GetExecution(
+                svc.GetExecutionRequest(execution_id="e1"), metadata=[("x-mc-tenant", "acme")]
+            )
+    finally:
+        await running.stop(0)
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == [f"/{SERVICE}/GetExecution"]
+    import json
+
+    logged = json.loads(lines[0])
+    assert logged["tenant"] == "acme"
+    assert logged["trace_id"] == f"{spans[0].context.trace_id:032x}"

@@ -27,7 +27,7 @@ _sym_db = _symbol_database.Default()
 from validate import validate_pb2 as validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmc/limiter/v1/limiter.proto\x12\rmc.limiter.v1\x1a\x17validate/validate.proto\"\xd5\x01\n\x05Limit\x12\x35\n\x04name\x18\x01 \x01(\tB\'\xfa\x42$r\"\x10\x01\x18@2\x1c^[A-Za-z0-9][A-Za-z0-9_.-]*$\x12\x37\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.mc.limiter.v1.AlgorithmB\n\xfa\x42\x07\x82\x01\x04\x10\x01 \x00\x12\x1d\n\x05limit\x18\x03 \x01(\x04\x42\x0e\xfa\x42\x0b\x32\t\x18\x80\xa0\x94\xa5\x8d\x1d(\x01\x12 \n\twindow_ms\x18\x04 \x01(\x04\x42\r\xfa\x42\n2\x08\x18\x80\x90\xde\xe6u(\x01\x12\x1b\n\x05\x62urst\x18\x05 \x01(\x04\x42\x0c\xfa\x42\t2\x07\x18\x80\xa0\x94\xa5\x8d\x1d\"\xb4\x03\n\x04Rule\x12\x35\n\x02id\x18\x01 \x01(\tB)\xfa\x42&r$\x10\x01\x18\x80\x01\x32\x1d^[A-Za-z0-9][A-Za-z0-9_.:-]*$\x12\x33\n\x05scope\x18\x02 \x01(\x0e\x32\x18.mc.limiter.v1.RuleScopeB\n\xfa\x42\x07\x82\x01\x04\x10\x01 \x00\x12\x17\n\x06tenant\x18\x03 \x01(\tB\x07\xfa\x42\x04r\x02\x18@\x12\x17\n\x05token\x18\x04 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x02\x12\x15\n\x03key\x18\x05 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x02\x12\x30\n\x06limits\x18\x06 \x03(\x0b\x32\x14.mc.limiter.v1.LimitB\n\xfa\x42\x07\x92\x01\x04\x08\x01\x10\x08\x12/\n\x04mode\x18\x07 \x01(\x0e\x32\x17.mc.limiter.v1.RuleModeB\x08\xfa\x42\x05\x82\x01\x02\x10\x01\x12%\n\x0f\x65nforce_percent\x18\x08 \x01(\rB\x07\xfa\x42\x04*\x02\x18\x64H\x00\x88\x01\x01\x12:\n\x0c\x66\x61ilure_mode\x18\t \x01(\x0e\x32\x1a.mc.limiter.v1.FailureModeB\x08\xfa\x42\x05\x82\x01\x02\x10\x01\x12\x1d\n\x0b\x64\x65scription\x18\n \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x08\x42\x12\n\x10_enforce_percent\"\xa5\x01\n\x0bLimitStatus\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x12\n\nlimit_name\x18\x02 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x03 \x01(\x08\x12\x11\n\tremaining\x18\x04 \x01(\x04\x12\r\n\x05limit\x18\x05 \x01(\x04\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\x04\x12\x16\n\x0ereset_after_ms\x18\x07 \x01(\x04\x12\x0e\n\x06shadow\x18\x08 \x01(\x08*`\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41LGORITHM_TOKEN_BUCKET\x10\x01\x12\x1c\n\x18\x41LGORITHM_SLIDING_WINDOW\x10\x02*R\n\x08RuleMode\x12\x19\n\x15RULE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11RULE_MODE_ENFORCE\x10\x01\x12\x14\n\x10RULE_MODE_SHADOW\x10\x02*e\n\x0b\x46\x61ilureMode\x12\x1c\n\x18\x46\x41ILURE_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41ILURE_MODE_FAIL_OPEN\x10\x01\x12\x1c\n\x18\x46\x41ILURE_MODE_FAIL_CLOSED\x10\x02*\x7f\n\tRuleScope\x12\x1a\n\x16RULE_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11RULE_SCOPE_TENANT\x10\x01\x12\x14\n\x10RULE_SCOPE_TOKEN\x10\x02\x12\x12\n\x0eRULE_SCOPE_KEY\x10\x03\x12\x15\n\x11RULE_SCOPE_GLOBAL\x10\x04*\x97\x01\n\rThrottleLevel\x12\x1e\n\x1aTHROTTLE_LEVEL_UNSPECIFIED\x10\x00\x12\x17\n\x13THROTTLE_LEVEL_NONE\x10\x01\x12\x17\n\x13THROTTLE_LEVEL_MILD\x10\x02\x12\x1b\n\x17THROTTLE_LEVEL_MODERATE\x10\x03\x12\x17\n\x13THROTTLE_LEVEL_HARD\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmc/limiter/v1/limiter.proto\x12\rmc.limiter.v1\x1a\x17validate/validate.proto\"\xf3\x01\n\x05Limit\x12\x35\n\x04name\x18\x01 \x01(\tB\'\xfa\x42$r\"\x10\x01\x18@2\x1c^[A-Za-z0-9][A-Za-z0-9_.-]*$\x12\x37\n\talgorithm\x18\x02 \x01(\x0e\x32\x18.mc.limiter.v1.AlgorithmB\n\xfa\x42\x07\x82\x01\x04\x10\x01 \x00\x12\x1d\n\x05limit\x18\x03 \x01(\x04\x42\x0e\xfa\x42\x0b\x32\t\x18\x80\xa0\x94\xa5\x8d\x1d(\x01\x12 \n\twindow_ms\x18\x04 \x01(\x04\x42\r\xfa\x42\n2\x08\x18\x80\x90\xde\xe6u(\x01\x12\x1b\n\x05\x62urst\x18\x05 \x01(\x04\x42\x0c\xfa\x42\t2\x07\x18\x80\xa0\x94\xa5\x8d\x1d\x12\x1c\n\x0bsub_windows\x18\x06 \x01(\rB\x07\xfa\x42\x04*\x02\x18<\"\xe4\x04\n\x04Rule\x12\x35\n\x02id\x18\x01 \x01(\tB)\xfa\x42&r$\x10\x01\x18\x80\x01\x32\x1d^[A-Za-z0-9][A-Za-z0-9_.:-]*$\x12\x33\n\x05scope\x18\x02 \x01(\x0e\x32\x18.mc.limiter.v1.RuleScopeB\n\xfa\x42\x07\x82\x01\x04\x10\x01 \x00\x12\x17\n\x06tenant\x18\x03 \x01(\tB\x07\xfa\x42\x04r\x02\x18@\x12\x17\n\x05token\x18\x04 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x02\x12\x15\n\x03key\x18\x05 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x02\x12\x30\n\x06limits\x18\x06 \x03(\x0b\x32\x14.mc.limiter.v1.LimitB\n\xfa\x42\x07\x92\x01\x04\x08\x01\x10\x08\x12/\n\x04mode\x18\x07 \x01(\x0e\x32\x17.mc.limiter.v1.RuleModeB\x08\xfa\x42\x05\x82\x01\x02\x10\x01\x12%\n\x0f\x65nforce_percent\x18\x08 \x01(\rB\x07\xfa\x42\x04*\x02\x18\x64H\x00\x88\x01\x01\x12:\n\x0c\x66\x61ilure_mode\x18\t \x01(\x0e\x32\x1a.mc.limiter.v1.FailureModeB\x08\xfa\x42\x05\x82\x01\x02\x10\x01\x12\x1d\n\x0b\x64\x65scription\x18\n \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x08\x12\x42\n\x10\x65nforce_sampling\x18\x0b \x01(\x0e\x32\x1e.mc.limiter.v1.EnforceSamplingB\x08\xfa\x42\x05\x82\x01\x02\x10\x01\x12\x1b\n\x0elocal_fallback\x18\x0c \x01(\x08H\x01\x88\x01\x01\x12\x14\n\x0cmulti_region\x18\r \x01(\x08\x12\x10\n\x08revision\x18\x0e \x01(\x04\x12\x12\n\nupdated_by\x18\x0f \x01(\tB\x12\n\x10_enforce_percentB\x11\n\x0f_local_fallback\"\xa5\x01\n\x0bLimitStatus\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x12\n\nlimit_name\x18\x02 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x03 \x01(\x08\x12\x11\n\tremaining\x18\x04 \x01(\x04\x12\r\n\x05limit\x18\x05 \x01(\x04\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\x04\x12\x16\n\x0ereset_after_ms\x18\x07 \x01(\x04\x12\x0e\n\x06shadow\x18\x08 \x01(\x08*`\n\tAlgorithm\x12\x19\n\x15\x41LGORITHM_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41LGORITHM_TOKEN_BUCKET\x10\x01\x12\x1c\n\x18\x41LGORITHM_SLIDING_WINDOW\x10\x02*R\n\x08RuleMode\x12\x19\n\x15RULE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11RULE_MODE_ENFORCE\x10\x01\x12\x14\n\x10RULE_MODE_SHADOW\x10\x02*e\n\x0b\x46\x61ilureMode\x12\x1c\n\x18\x46\x41ILURE_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x41ILURE_MODE_FAIL_OPEN\x10\x01\x12\x1c\n\x18\x46\x41ILURE_MODE_FAIL_CLOSED\x10\x02*\x99\x01\n\tRuleScope\x12\x1a\n\x16RULE_SCOPE_UNSPECIFIED\x10\x00\x12\x15\n\x11RULE_SCOPE_TENANT\x10\x01\x12\x14\n\x10RULE_SCOPE_TOKEN\x10\x02\x12\x12\n\x0eRULE_SCOPE_KEY\x10\x03\x12\x15\n\x11RULE_SCOPE_GLOBAL\x10\x04\x12\x18\n\x14RULE_SCOPE_TOKEN_KEY\x10\x05*k\n\x0f\x45nforceSampling\x12 \n\x1c\x45NFORCE_SAMPLING_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45NFORCE_SAMPLING_HASH\x10\x01\x12\x1b\n\x17\x45NFORCE_SAMPLING_RANDOM\x10\x02*\x97\x01\n\rThrottleLevel\x12\x1e\n\x1aTHROTTLE_LEVEL_UNSPECIFIED\x10\x00\x12\x17\n\x13THROTTLE_LEVEL_NONE\x10\x01\x12\x17\n\x13THROTTLE_LEVEL_MILD\x10\x02\x12\x1b\n\x17THROTTLE_LEVEL_MODERATE\x10\x03\x12\x17\n\x13THROTTLE_LEVEL_HARD\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LIMIT'].fields_by_name['window_ms']._serialized_options = b'\372B\n2\010\030\200\220\336\346u(\001'
   _globals['_LIMIT'].fields_by_name['burst']._loaded_options = None
   _globals['_LIMIT'].fields_by_name['burst']._serialized_options = b'\372B\t2\007\030\200\240\224\245\215\035'
+  _globals['_LIMIT'].fields_by_name['sub_windows']._loaded_options = None
+  _globals['_LIMIT'].fields_by_name['sub_windows']._serialized_options = b'\372B\004*\002\030<'
   _globals['_RULE'].fields_by_name['id']._loaded_options = None
   _globals['_RULE'].fields_by_name['id']._serialized_options = b'\372B&r$\020\001\030\200\0012\035^[A-Za-z0-9][A-Za-z0-9_.:-]*$'
   _globals['_RULE'].fields_by_name['scope']._loaded_options = None
@@ -64,20 +66,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RULE'].fields_by_name['failure_mode']._serialized_options = b'\372B\005\202\001\002\020\001'
   _globals['_RULE'].fields_by_name['description']._loaded_options = None
   _globals['_RULE'].fields_by_name['description']._serialized_options = b'\372B\005r\003\030\200\010'
-  _globals['_ALGORITHM']._serialized_start=894
-  _globals['_ALGORITHM']._serialized_end=990
-  _globals['_RULEMODE']._serialized_start=992
-  _globals['_RULEMODE']._serialized_end=1074
-  _globals['_FAILUREMODE']._serialized_start=1076
-  _globals['_FAILUREMODE']._serialized_end=1177
-  _globals['_RULESCOPE']._serialized_start=1179
-  _globals['_RULESCOPE']._serialized_end=1306
-  _globals['_THROTTLELEVEL']._serialized_start=1309
-  _globals['_THROTTLELEVEL']._serialized_end=1460
+  _globals['_RULE'].fields_by_name['enforce_sampling']._loaded_options = None
+  _globals['_RULE'].fields_by_name['enforce_sampling']._serialized_options = b'\372B\005\202\001\002\020\001'
+  _globals['_ALGORITHM']._serialized_start=1100
+  _globals['_ALGORITHM']._serialized_end=1196
+  _globals['_RULEMODE']._serialized_start=1198
+  _globals['_RULEMODE']._serialized_end=1280
+  _globals['_FAILUREMODE']._serialized_start=1282
+  _globals['_FAILUREMODE']._serialized_end=1383
+  _globals['_RULESCOPE']._serialized_start=1386
+  _globals['_RULESCOPE']._serialized_end=1539
+  _globals['_ENFORCESAMPLING']._serialized_start=1541
+  _globals['_ENFORCESAMPLING']._serialized_end=1648
+  _globals['_THROTTLELEVEL']._serialized_start=1651
+  _globals['_THROTTLELEVEL']._serialized_end=1802
   _globals['_LIMIT']._serialized_start=72
-  _globals['_LIMIT']._serialized_end=285
-  _globals['_RULE']._serialized_start=288
-  _globals['_RULE']._serialized_end=724
-  _globals['_LIMITSTATUS']._serialized_start=727
-  _globals['_LIMITSTATUS']._serialized_end=892
+  _globals['_LIMIT']._serialized_end=315
+  _globals['_RULE']._serialized_start=318
+  _globals['_RULE']._serialized_end=930
+  _globals['_LIMITSTATUS']._serialized_start=933
+  _globals['_LIMITSTATUS']._serialized_end=1098
 # @@protoc_insertion_point(module_scope)

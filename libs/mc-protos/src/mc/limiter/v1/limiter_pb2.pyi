@@ -106,7 +106,9 @@ class _RuleScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RuleScope.V
     RULE_SCOPE_KEY: _RuleScope.ValueType  # 3
     """RULE_SCOPE_KEY counts per tenant and key."""
     RULE_SCOPE_GLOBAL: _RuleScope.ValueType  # 4
-    """RULE_SCOPE_GLOBAL counts across all tenants and all regions."""
+    """RULE_SCOPE_GLOBAL counts once for everything the rule matches, across tenants."""
+    RULE_SCOPE_TOKEN_KEY: _RuleScope.ValueType  # 5
+    """RULE_SCOPE_TOKEN_KEY counts per tenant, token and key."""
 
 class RuleScope(_RuleScope, metaclass=_RuleScopeEnumTypeWrapper):
     """RuleScope is what a rule's counters are keyed by."""
@@ -120,8 +122,38 @@ RULE_SCOPE_TOKEN: RuleScope.ValueType  # 2
 RULE_SCOPE_KEY: RuleScope.ValueType  # 3
 """RULE_SCOPE_KEY counts per tenant and key."""
 RULE_SCOPE_GLOBAL: RuleScope.ValueType  # 4
-"""RULE_SCOPE_GLOBAL counts across all tenants and all regions."""
+"""RULE_SCOPE_GLOBAL counts once for everything the rule matches, across tenants."""
+RULE_SCOPE_TOKEN_KEY: RuleScope.ValueType  # 5
+"""RULE_SCOPE_TOKEN_KEY counts per tenant, token and key."""
 Global___RuleScope: _TypeAlias = RuleScope  # noqa: Y015
+
+class _EnforceSampling:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EnforceSamplingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EnforceSampling.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENFORCE_SAMPLING_UNSPECIFIED: _EnforceSampling.ValueType  # 0
+    """ENFORCE_SAMPLING_UNSPECIFIED means hash."""
+    ENFORCE_SAMPLING_HASH: _EnforceSampling.ValueType  # 1
+    """ENFORCE_SAMPLING_HASH is deterministic per (rule, tenant, token, key): a caller is always or
+    never enforced, so a rollout grows a stable set of callers.
+    """
+    ENFORCE_SAMPLING_RANDOM: _EnforceSampling.ValueType  # 2
+    """ENFORCE_SAMPLING_RANDOM draws independently per request."""
+
+class EnforceSampling(_EnforceSampling, metaclass=_EnforceSamplingEnumTypeWrapper):
+    """EnforceSampling is how `enforce_percent` picks the requests a rule enforces."""
+
+ENFORCE_SAMPLING_UNSPECIFIED: EnforceSampling.ValueType  # 0
+"""ENFORCE_SAMPLING_UNSPECIFIED means hash."""
+ENFORCE_SAMPLING_HASH: EnforceSampling.ValueType  # 1
+"""ENFORCE_SAMPLING_HASH is deterministic per (rule, tenant, token, key): a caller is always or
+never enforced, so a rollout grows a stable set of callers.
+"""
+ENFORCE_SAMPLING_RANDOM: EnforceSampling.ValueType  # 2
+"""ENFORCE_SAMPLING_RANDOM draws independently per request."""
+Global___EnforceSampling: _TypeAlias = EnforceSampling  # noqa: Y015
 
 class _ThrottleLevel:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -166,6 +198,7 @@ class Limit(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     WINDOW_MS_FIELD_NUMBER: _builtins.int
     BURST_FIELD_NUMBER: _builtins.int
+    SUB_WINDOWS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """name identifies the limit within its rule, for example `per-second`."""
     algorithm: Global___Algorithm.ValueType
@@ -176,6 +209,10 @@ class Limit(_message.Message):
     """window_ms is the window length in milliseconds; any length is allowed."""
     burst: _builtins.int
     """burst is the token-bucket burst size; 0 means equal to `limit`."""
+    sub_windows: _builtins.int
+    """sub_windows splits a sliding window into this many counters (1..60; 0 means 1, the
+    two-bucket approximation); more sub-windows bound the error tighter.
+    """
     def __init__(
         self,
         *,
@@ -184,10 +221,11 @@ class Limit(_message.Message):
         limit: _builtins.int = ...,
         window_ms: _builtins.int = ...,
         burst: _builtins.int = ...,
+        sub_windows: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "burst", b"burst", "limit", b"limit", "name", b"name", "window_ms", b"window_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "burst", b"burst", "limit", b"limit", "name", b"name", "sub_windows", b"sub_windows", "window_ms", b"window_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -209,16 +247,21 @@ class Rule(_message.Message):
     ENFORCE_PERCENT_FIELD_NUMBER: _builtins.int
     FAILURE_MODE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ENFORCE_SAMPLING_FIELD_NUMBER: _builtins.int
+    LOCAL_FALLBACK_FIELD_NUMBER: _builtins.int
+    MULTI_REGION_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """id identifies the rule."""
     scope: Global___RuleScope.ValueType
     """scope is what the rule's counters are keyed by."""
     tenant: _builtins.str
-    """tenant matches the check's tenant; `*` or empty matches every tenant."""
+    """tenant is a glob (`*` any run, `?` one character) on the check's tenant; empty means `*`."""
     token: _builtins.str
-    """token matches the check's token; `*` or empty matches every token."""
+    """token is a glob on the check's token; empty means `*`."""
     key: _builtins.str
-    """key matches the check's key; a trailing `*` matches a prefix, `*` or empty matches all."""
+    """key is a glob on the check's key, for example `executions:*`; empty means `*`."""
     mode: Global___RuleMode.ValueType
     """mode is enforce or shadow."""
     enforce_percent: _builtins.int
@@ -227,6 +270,20 @@ class Rule(_message.Message):
     """failure_mode is what happens when the store is unreachable and no fallback applies."""
     description: _builtins.str
     """description says what the rule is for."""
+    enforce_sampling: Global___EnforceSampling.ValueType
+    """enforce_sampling is how enforce_percent picks the enforced requests."""
+    local_fallback: _builtins.bool
+    """local_fallback decides from in-process buckets at this replica's share of the limit while
+    the rule's Redis shard is unreachable (unset = true); when false, failure_mode applies.
+    """
+    multi_region: _builtins.bool
+    """multi_region makes the limit global across regions (sliding-window limits only): each
+    region decides locally and syncs usage with its peers.
+    """
+    revision: _builtins.int
+    """revision increases on every write; set by the service."""
+    updated_by: _builtins.str
+    """updated_by is the operator who last wrote the rule; set by the service."""
     @_builtins.property
     def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Limit]:
         """limits are all checked and consumed atomically: all admit, or none is consumed."""
@@ -244,14 +301,24 @@ class Rule(_message.Message):
         enforce_percent: _builtins.int | None = ...,
         failure_mode: Global___FailureMode.ValueType = ...,
         description: _builtins.str = ...,
+        enforce_sampling: Global___EnforceSampling.ValueType = ...,
+        local_fallback: _builtins.bool | None = ...,
+        multi_region: _builtins.bool = ...,
+        revision: _builtins.int = ...,
+        updated_by: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_enforce_percent", b"_enforce_percent", "enforce_percent", b"enforce_percent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_enforce_percent", b"_enforce_percent", "_local_fallback", b"_local_fallback", "enforce_percent", b"enforce_percent", "local_fallback", b"local_fallback"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enforce_percent", b"_enforce_percent", "description", b"description", "enforce_percent", b"enforce_percent", "failure_mode", b"failure_mode", "id", b"id", "key", b"key", "limits", b"limits", "mode", b"mode", "scope", b"scope", "tenant", b"tenant", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enforce_percent", b"_enforce_percent", "_local_fallback", b"_local_fallback", "description", b"description", "enforce_percent", b"enforce_percent", "enforce_sampling", b"enforce_sampling", "failure_mode", b"failure_mode", "id", b"id", "key", b"key", "limits", b"limits", "local_fallback", b"local_fallback", "mode", b"mode", "multi_region", b"multi_region", "revision", b"revision", "scope", b"scope", "tenant", b"tenant", "token", b"token", "updated_by", b"updated_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enforce_percent: _TypeAlias = _typing.Literal["enforce_percent"]  # noqa: Y015
     _WhichOneofArgType__enforce_percent: _TypeAlias = _typing.Literal["_enforce_percent", b"_enforce_percent"]  # noqa: Y015
+    _WhichOneofReturnType__local_fallback: _TypeAlias = _typing.Literal["local_fallback"]  # noqa: Y015
+    _WhichOneofArgType__local_fallback: _TypeAlias = _typing.Literal["_local_fallback", b"_local_fallback"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enforce_percent) -> _WhichOneofReturnType__enforce_percent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__local_fallback) -> _WhichOneofReturnType__local_fallback | None: ...
 
 Global___Rule: _TypeAlias = Rule  # noqa: Y015
 

@@ -30,7 +30,7 @@ from mc.limiter.v1 import limiter_pb2 as mc_dot_limiter_dot_v1_dot_limiter__pb2
 from validate import validate_pb2 as validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#mc/limiter/v1/limiter_service.proto\x12\rmc.limiter.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1amc/common/v1/options.proto\x1a\x1bmc/limiter/v1/limiter.proto\x1a\x17validate/validate.proto\"t\n\x0c\x43heckRequest\x12\x19\n\x06tenant\x18\x01 \x01(\tB\t\xfa\x42\x06r\x04\x10\x01\x18@\x12\x17\n\x05token\x18\x02 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x02\x12\x17\n\x03key\x18\x03 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x02\x12\x17\n\x04\x63ost\x18\x04 \x01(\rB\t\xfa\x42\x06*\x04\x18\xc0\x84=\"\xb8\x01\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\x04\x12\x11\n\tremaining\x18\x03 \x01(\x04\x12\x12\n\ndecided_by\x18\x04 \x01(\t\x12*\n\x06limits\x18\x05 \x03(\x0b\x32\x1a.mc.limiter.v1.LimitStatus\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x19\n\x11shadow_would_deny\x18\x07 \x01(\x08\"M\n\x11\x43heckBatchRequest\x12\x38\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x1b.mc.limiter.v1.CheckRequestB\x0b\xfa\x42\x08\x92\x01\x05\x08\x01\x10\xe8\x07\"C\n\x12\x43heckBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.mc.limiter.v1.CheckResponse\"^\n\x0fGetUsageRequest\x12\x19\n\x06tenant\x18\x01 \x01(\tB\t\xfa\x42\x06r\x04\x10\x01\x18@\x12\x17\n\x05token\x18\x02 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x02\x12\x17\n\x03key\x18\x03 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x02\">\n\x10GetUsageResponse\x12*\n\x06limits\x18\x01 \x03(\x0b\x32\x1a.mc.limiter.v1.LimitStatus\"=\n\x0ePutRuleRequest\x12+\n\x04rule\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.RuleB\x08\xfa\x42\x05\x8a\x01\x02\x10\x01\"4\n\x0fPutRuleResponse\x12!\n\x04rule\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.Rule\"-\n\x0eGetRuleRequest\x12\x1b\n\x07rule_id\x18\x01 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x01\"4\n\x0fGetRuleResponse\x12!\n\x04rule\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.Rule\"\x12\n\x10ListRulesRequest\"7\n\x11ListRulesResponse\x12\"\n\x05rules\x18\x01 \x03(\x0b\x32\x13.mc.limiter.v1.Rule\"0\n\x11\x44\x65leteRuleRequest\x12\x1b\n\x07rule_id\x18\x01 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x01\"\x14\n\x12\x44\x65leteRuleResponse\"\x89\x01\n\x17SetThrottleLevelRequest\x12\x19\n\x06tenant\x18\x01 \x01(\tB\t\xfa\x42\x06r\x04\x10\x01\x18@\x12\x37\n\x05level\x18\x02 \x01(\x0e\x32\x1c.mc.limiter.v1.ThrottleLevelB\n\xfa\x42\x07\x82\x01\x04\x10\x01 \x00\x12\x1a\n\x06reason\x18\x03 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x08\"w\n\x18SetThrottleLevelResponse\x12.\n\x08previous\x18\x01 \x01(\x0e\x32\x1c.mc.limiter.v1.ThrottleLevel\x12+\n\x05level\x18\x02 \x01(\x0e\x32\x1c.mc.limiter.v1.ThrottleLevel\"4\n\x17GetThrottleLevelRequest\x12\x19\n\x06tenant\x18\x01 \x01(\tB\t\xfa\x42\x06r\x04\x10\x01\x18@\"G\n\x18GetThrottleLevelResponse\x12+\n\x05level\x18\x01 \x01(\x0e\x32\x1c.mc.limiter.v1.ThrottleLevel\")\n\x16SetGlobalShadowRequest\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\"*\n\x17SetGlobalShadowResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x32\xf4\t\n\x0eLimiterService\x12_\n\x05\x43heck\x12\x1b.mc.limiter.v1.CheckRequest\x1a\x1c.mc.limiter.v1.CheckResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/limits:check:\x01*\x12s\n\nCheckBatch\x12 .mc.limiter.v1.CheckBatchRequest\x1a!.mc.limiter.v1.CheckBatchResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/limits:checkBatch:\x01*\x12\x65\n\x08GetUsage\x12\x1e.mc.limiter.v1.GetUsageRequest\x1a\x1f.mc.limiter.v1.GetUsageResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/limits/usage\x12|\n\x07PutRule\x12\x1d.mc.limiter.v1.PutRuleRequest\x1a\x1e.mc.limiter.v1.PutRuleResponse\"2\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02(\x1a /v1/admin/limits/rules/{rule.id}:\x04rule\x12v\n\x07GetRule\x12\x1d.mc.limiter.v1.GetRuleRequest\x1a\x1e.mc.limiter.v1.GetRuleResponse\",\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\"\x12 /v1/admin/limits/rules/{rule_id}\x12r\n\tListRules\x12\x1f.mc.limiter.v1.ListRulesRequest\x1a .mc.limiter.v1.ListRulesResponse\"\"\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/admin/limits/rules\x12\x7f\n\nDeleteRule\x12 .mc.limiter.v1.DeleteRuleRequest\x1a!.mc.limiter.v1.DeleteRuleResponse\",\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\"* /v1/admin/limits/rules/{rule_id}\x12\x97\x01\n\x10SetThrottleLevel\x12&.mc.limiter.v1.SetThrottleLevelRequest\x1a\'.mc.limiter.v1.SetThrottleLevelResponse\"2\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02(\x1a#/v1/admin/limits/throttles/{tenant}:\x01*\x12\x94\x01\n\x10GetThrottleLevel\x12&.mc.limiter.v1.GetThrottleLevelRequest\x1a\'.mc.limiter.v1.GetThrottleLevelResponse\"/\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02%\x12#/v1/admin/limits/throttles/{tenant}\x12\x88\x01\n\x0fSetGlobalShadow\x12%.mc.limiter.v1.SetGlobalShadowRequest\x1a&.mc.limiter.v1.SetGlobalShadowResponse\"&\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x1c\x1a\x17/v1/admin/limits/shadow:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#mc/limiter/v1/limiter_service.proto\x12\rmc.limiter.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1amc/common/v1/options.proto\x1a\x1bmc/limiter/v1/limiter.proto\x1a\x17validate/validate.proto\"t\n\x0c\x43heckRequest\x12\x19\n\x06tenant\x18\x01 \x01(\tB\t\xfa\x42\x06r\x04\x10\x01\x18@\x12\x17\n\x05token\x18\x02 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x02\x12\x17\n\x03key\x18\x03 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x02\x12\x17\n\x04\x63ost\x18\x04 \x01(\rB\t\xfa\x42\x06*\x04\x18\xc0\x84=\"\xb8\x01\n\rCheckResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\x04\x12\x11\n\tremaining\x18\x03 \x01(\x04\x12\x12\n\ndecided_by\x18\x04 \x01(\t\x12*\n\x06limits\x18\x05 \x03(\x0b\x32\x1a.mc.limiter.v1.LimitStatus\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x19\n\x11shadow_would_deny\x18\x07 \x01(\x08\"M\n\x11\x43heckBatchRequest\x12\x38\n\x06\x63hecks\x18\x01 \x03(\x0b\x32\x1b.mc.limiter.v1.CheckRequestB\x0b\xfa\x42\x08\x92\x01\x05\x08\x01\x10\xe8\x07\"C\n\x12\x43heckBatchResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.mc.limiter.v1.CheckResponse\"^\n\x0fGetUsageRequest\x12\x19\n\x06tenant\x18\x01 \x01(\tB\t\xfa\x42\x06r\x04\x10\x01\x18@\x12\x17\n\x05token\x18\x02 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x02\x12\x17\n\x03key\x18\x03 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x02\">\n\x10GetUsageResponse\x12*\n\x06limits\x18\x01 \x03(\x0b\x32\x1a.mc.limiter.v1.LimitStatus\"\x8d\x01\n\x0ePutRuleRequest\x12+\n\x04rule\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.RuleB\x08\xfa\x42\x05\x8a\x01\x02\x10\x01\x12\x1e\n\x11\x65xpected_revision\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x18\n\x06reason\x18\x03 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x08\x42\x14\n\x12_expected_revision\"4\n\x0fPutRuleResponse\x12!\n\x04rule\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.Rule\"-\n\x0eGetRuleRequest\x12\x1b\n\x07rule_id\x18\x01 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x01\"4\n\x0fGetRuleResponse\x12!\n\x04rule\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.Rule\"+\n\x10ListRulesRequest\x12\x17\n\x06tenant\x18\x01 \x01(\tB\x07\xfa\x42\x04r\x02\x18@\"7\n\x11ListRulesResponse\x12\"\n\x05rules\x18\x01 \x03(\x0b\x32\x13.mc.limiter.v1.Rule\"J\n\x11\x44\x65leteRuleRequest\x12\x1b\n\x07rule_id\x18\x01 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x01\x12\x18\n\x06reason\x18\x02 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x08\"\x14\n\x12\x44\x65leteRuleResponse\"\x89\x01\n\x17SetThrottleLevelRequest\x12\x19\n\x06tenant\x18\x01 \x01(\tB\t\xfa\x42\x06r\x04\x10\x01\x18@\x12\x37\n\x05level\x18\x02 \x01(\x0e\x32\x1c.mc.limiter.v1.ThrottleLevelB\n\xfa\x42\x07\x82\x01\x04\x10\x01 \x00\x12\x1a\n\x06reason\x18\x03 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x08\"w\n\x18SetThrottleLevelResponse\x12.\n\x08previous\x18\x01 \x01(\x0e\x32\x1c.mc.limiter.v1.ThrottleLevel\x12+\n\x05level\x18\x02 \x01(\x0e\x32\x1c.mc.limiter.v1.ThrottleLevel\"4\n\x17GetThrottleLevelRequest\x12\x19\n\x06tenant\x18\x01 \x01(\tB\t\xfa\x42\x06r\x04\x10\x01\x18@\"G\n\x18GetThrottleLevelResponse\x12+\n\x05level\x18\x01 \x01(\x0e\x32\x1c.mc.limiter.v1.ThrottleLevel\"C\n\x16SetGlobalShadowRequest\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x18\n\x06reason\x18\x02 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x08\"*\n\x17SetGlobalShadowResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x32\xf4\t\n\x0eLimiterService\x12_\n\x05\x43heck\x12\x1b.mc.limiter.v1.CheckRequest\x1a\x1c.mc.limiter.v1.CheckResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/limits:check:\x01*\x12s\n\nCheckBatch\x12 .mc.limiter.v1.CheckBatchRequest\x1a!.mc.limiter.v1.CheckBatchResponse\" \x82\xd3\xe4\x93\x02\x1a\"\x15/v1/limits:checkBatch:\x01*\x12\x65\n\x08GetUsage\x12\x1e.mc.limiter.v1.GetUsageRequest\x1a\x1f.mc.limiter.v1.GetUsageResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/limits/usage\x12|\n\x07PutRule\x12\x1d.mc.limiter.v1.PutRuleRequest\x1a\x1e.mc.limiter.v1.PutRuleResponse\"2\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02(\x1a /v1/admin/limits/rules/{rule.id}:\x04rule\x12v\n\x07GetRule\x12\x1d.mc.limiter.v1.GetRuleRequest\x1a\x1e.mc.limiter.v1.GetRuleResponse\",\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\"\x12 /v1/admin/limits/rules/{rule_id}\x12r\n\tListRules\x12\x1f.mc.limiter.v1.ListRulesRequest\x1a .mc.limiter.v1.ListRulesResponse\"\"\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/admin/limits/rules\x12\x7f\n\nDeleteRule\x12 .mc.limiter.v1.DeleteRuleRequest\x1a!.mc.limiter.v1.DeleteRuleResponse\",\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\"* /v1/admin/limits/rules/{rule_id}\x12\x97\x01\n\x10SetThrottleLevel\x12&.mc.limiter.v1.SetThrottleLevelRequest\x1a\'.mc.limiter.v1.SetThrottleLevelResponse\"2\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02(\x1a#/v1/admin/limits/throttles/{tenant}:\x01*\x12\x94\x01\n\x10GetThrottleLevel\x12&.mc.limiter.v1.GetThrottleLevelRequest\x1a\'.mc.limiter.v1.GetThrottleLevelResponse\"/\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02%\x12#/v1/admin/limits/throttles/{tenant}\x12\x88\x01\n\x0fSetGlobalShadow\x12%.mc.limiter.v1.SetGlobalShadowRequest\x1a&.mc.limiter.v1.SetGlobalShadowResponse\"&\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x1c\x1a\x17/v1/admin/limits/shadow:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,10 +55,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETUSAGEREQUEST'].fields_by_name['key']._serialized_options = b'\372B\007r\005\020\001\030\200\002'
   _globals['_PUTRULEREQUEST'].fields_by_name['rule']._loaded_options = None
   _globals['_PUTRULEREQUEST'].fields_by_name['rule']._serialized_options = b'\372B\005\212\001\002\020\001'
+  _globals['_PUTRULEREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_PUTRULEREQUEST'].fields_by_name['reason']._serialized_options = b'\372B\005r\003\030\200\010'
   _globals['_GETRULEREQUEST'].fields_by_name['rule_id']._loaded_options = None
   _globals['_GETRULEREQUEST'].fields_by_name['rule_id']._serialized_options = b'\372B\007r\005\020\001\030\200\001'
+  _globals['_LISTRULESREQUEST'].fields_by_name['tenant']._loaded_options = None
+  _globals['_LISTRULESREQUEST'].fields_by_name['tenant']._serialized_options = b'\372B\004r\002\030@'
   _globals['_DELETERULEREQUEST'].fields_by_name['rule_id']._loaded_options = None
   _globals['_DELETERULEREQUEST'].fields_by_name['rule_id']._serialized_options = b'\372B\007r\005\020\001\030\200\001'
+  _globals['_DELETERULEREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_DELETERULEREQUEST'].fields_by_name['reason']._serialized_options = b'\372B\005r\003\030\200\010'
   _globals['_SETTHROTTLELEVELREQUEST'].fields_by_name['tenant']._loaded_options = None
   _globals['_SETTHROTTLELEVELREQUEST'].fields_by_name['tenant']._serialized_options = b'\372B\006r\004\020\001\030@'
   _globals['_SETTHROTTLELEVELREQUEST'].fields_by_name['level']._loaded_options = None
@@ -67,6 +73,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETTHROTTLELEVELREQUEST'].fields_by_name['reason']._serialized_options = b'\372B\007r\005\020\001\030\200\010'
   _globals['_GETTHROTTLELEVELREQUEST'].fields_by_name['tenant']._loaded_options = None
   _globals['_GETTHROTTLELEVELREQUEST'].fields_by_name['tenant']._serialized_options = b'\372B\006r\004\020\001\030@'
+  _globals['_SETGLOBALSHADOWREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_SETGLOBALSHADOWREQUEST'].fields_by_name['reason']._serialized_options = b'\372B\005r\003\030\200\010'
   _globals['_LIMITERSERVICE'].methods_by_name['Check']._loaded_options = None
   _globals['_LIMITERSERVICE'].methods_by_name['Check']._serialized_options = b'\202\323\344\223\002\025\"\020/v1/limits:check:\001*'
   _globals['_LIMITERSERVICE'].methods_by_name['CheckBatch']._loaded_options = None
@@ -99,34 +107,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETUSAGEREQUEST']._serialized_end=713
   _globals['_GETUSAGERESPONSE']._serialized_start=715
   _globals['_GETUSAGERESPONSE']._serialized_end=777
-  _globals['_PUTRULEREQUEST']._serialized_start=779
-  _globals['_PUTRULEREQUEST']._serialized_end=840
-  _globals['_PUTRULERESPONSE']._serialized_start=842
-  _globals['_PUTRULERESPONSE']._serialized_end=894
-  _globals['_GETRULEREQUEST']._serialized_start=896
-  _globals['_GETRULEREQUEST']._serialized_end=941
-  _globals['_GETRULERESPONSE']._serialized_start=943
-  _globals['_GETRULERESPONSE']._serialized_end=995
-  _globals['_LISTRULESREQUEST']._serialized_start=997
-  _globals['_LISTRULESREQUEST']._serialized_end=1015
-  _globals['_LISTRULESRESPONSE']._serialized_start=1017
-  _globals['_LISTRULESRESPONSE']._serialized_end=1072
-  _globals['_DELETERULEREQUEST']._serialized_start=1074
-  _globals['_DELETERULEREQUEST']._serialized_end=1122
-  _globals['_DELETERULERESPONSE']._serialized_start=1124
-  _globals['_DELETERULERESPONSE']._serialized_end=1144
-  _globals['_SETTHROTTLELEVELREQUEST']._serialized_start=1147
-  _globals['_SETTHROTTLELEVELREQUEST']._serialized_end=1284
-  _globals['_SETTHROTTLELEVELRESPONSE']._serialized_start=1286
-  _globals['_SETTHROTTLELEVELRESPONSE']._serialized_end=1405
-  _globals['_GETTHROTTLELEVELREQUEST']._serialized_start=1407
-  _globals['_GETTHROTTLELEVELREQUEST']._serialized_end=1459
-  _globals['_GETTHROTTLELEVELRESPONSE']._serialized_start=1461
-  _globals['_GETTHROTTLELEVELRESPONSE']._serialized_end=1532
-  _globals['_SETGLOBALSHADOWREQUEST']._serialized_start=1534
-  _globals['_SETGLOBALSHADOWREQUEST']._serialized_end=1575
-  _globals['_SETGLOBALSHADOWRESPONSE']._serialized_start=1577
-  _globals['_SETGLOBALSHADOWRESPONSE']._serialized_end=1619
-  _globals['_LIMITERSERVICE']._serialized_start=1622
-  _globals['_LIMITERSERVICE']._serialized_end=2890
+  _globals['_PUTRULEREQUEST']._serialized_start=780
+  _globals['_PUTRULEREQUEST']._serialized_end=921
+  _globals['_PUTRULERESPONSE']._serialized_start=923
+  _globals['_PUTRULERESPONSE']._serialized_end=975
+  _globals['_GETRULEREQUEST']._serialized_start=977
+  _globals['_GETRULEREQUEST']._serialized_end=1022
+  _globals['_GETRULERESPONSE']._serialized_start=1024
+  _globals['_GETRULERESPONSE']._serialized_end=1076
+  _globals['_LISTRULESREQUEST']._serialized_start=1078
+  _globals['_LISTRULESREQUEST']._serialized_end=1121
+  _globals['_LISTRULESRESPONSE']._serialized_start=1123
+  _globals['_LISTRULESRESPONSE']._serialized_end=1178
+  _globals['_DELETERULEREQUEST']._serialized_start=1180
+  _globals['_DELETERULEREQUEST']._serialized_end=1254
+  _globals['_DELETERULERESPONSE']._serialized_start=1256
+  _globals['_DELETERULERESPONSE']._serialized_end=1276
+  _globals['_SETTHROTTLELEVELREQUEST']._serialized_start=1279
+  _globals['_SETTHROTTLELEVELREQUEST']._serialized_end=1416
+  _globals['_SETTHROTTLELEVELRESPONSE']._serialized_start=1418
+  _globals['_SETTHROTTLELEVELRESPONSE']._serialized_end=1537
+  _globals['_GETTHROTTLELEVELREQUEST']._serialized_start=1539
+  _globals['_GETTHROTTLELEVELREQUEST']._serialized_end=1591
+  _globals['_GETTHROTTLELEVELRESPONSE']._serialized_start=1593
+  _globals['_GETTHROTTLELEVELRESPONSE']._serialized_end=1664
+  _globals['_SETGLOBALSHADOWREQUEST']._serialized_start=1666
+  _globals['_SETGLOBALSHADOWREQUEST']._serialized_end=1733
+  _globals['_SETGLOBALSHADOWRESPONSE']._serialized_start=1735
+  _globals['_SETGLOBALSHADOWRESPONSE']._serialized_end=1777
+  _globals['_LIMITERSERVICE']._serialized_start=1780
+  _globals['_LIMITERSERVICE']._serialized_end=3048
 # @@protoc_insertion_point(module_scope)
