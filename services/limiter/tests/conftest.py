@@ -46,8 +46,19 @@ class RedisProcess:
         if binary is None:
             pytest.skip("redis-server binary not on PATH")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -112,8 +123,10 @@ async def make_limiter(prefix: str, shared_redis: Redis) -> AsyncIterator[MakeLi
     """Factory for started limiters, closed at teardown.
 
     ``urls``: this region's shards (default: the shared Redis); ``peers``: other regions as
-    ``(name, urls)``; ``options``: ``LimiterOptions`` fields (``key_prefix`` defaults to the
-    test's prefix); further keyword arguments go to ``Limiter`` (metrics, sinks, rng).
+    ``(name, urls)``; ``timeout_ms``: socket timeout (generous by default so a loaded machine
+    does not trip breakers in tests that are not about outages); ``options``:
+    ``LimiterOptions`` fields (``key_prefix`` defaults to the test's prefix); further keyword
+    arguments go to ``Limiter`` (metrics, sinks, rng).
     """
     limiters: list[Limiter] = []
     clients: list[Redis] = []
@@ -127,7 +140,7 @@ async def make_limiter(prefix: str, shared_redis: Redis) -> AsyncIterator[MakeLi
         urls: Sequence[str] | None = None,
         *,
         peers: Sequence[tuple[str, Sequence[str]]] = (),
-        timeout_ms: int = 100,
+        timeout_ms: int = 1000,
         options: dict[str, Any] | None = None,
         **limiter_kwargs: Any,
     ) -> Limiter:

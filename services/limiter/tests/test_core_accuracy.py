@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -119,7 +120,7 @@ async def test_four_processes_never_exceed_the_limit(
         },
         actor="t",
     )
-    url = "redis://127.0.0.1:6379/0"
+    url = os.environ.get("MC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     costs = [1, 1, 2, 3]
     configs: list[dict[str, object]] = [
         {

@@ -71,9 +71,7 @@ async def test_global_pool_on_its_own_tag_refunds_tenant_counters(
     make_limiter: MakeLimiter,
 ) -> None:
     limiter = await make_limiter()
-    await limiter.put_rule(
-        {"id": "pool", "scope": "global", "limits": [gcra("all", 3)]}, actor="t"
-    )
+    await limiter.put_rule({"id": "pool", "scope": "global", "limits": [gcra("all", 3)]}, actor="t")
     await limiter.put_rule(
         {"id": "per_tenant", "scope": "tenant", "limits": [sliding("t", 10)]}, actor="t"
     )
@@ -108,8 +106,7 @@ async def test_shadow_rules_count_but_never_deny(make_limiter: MakeLimiter) -> N
     assert [d.shadow_would_deny for d in decisions] == [False, False, True, True, True]
     assert registry.get_sample_value("mc_rl_shadow_would_deny_total", {"rule": "shadowed"}) == 3
     assert (
-        registry.get_sample_value("mc_rl_denies_total", {"rule": "shadowed", "mode": "shadow"})
-        == 3
+        registry.get_sample_value("mc_rl_denies_total", {"rule": "shadowed", "mode": "shadow"}) == 3
     )
     await limiter.flush_denies()
     assert sum(r.count for r in sink.records if r.mode == "shadow") == 3
@@ -172,7 +169,9 @@ async def test_throttle_levels_scale_limits(
 
 async def test_clients_waiting_retry_after_are_admitted(make_limiter: MakeLimiter) -> None:
     limiter = await make_limiter()
-    await limiter.put_rule(rule("g", [gcra("rate", 50, 1000, burst=3)], match={"key": "g*"}), actor="t")
+    await limiter.put_rule(
+        rule("g", [gcra("rate", 50, 1000, burst=3)], match={"key": "g*"}), actor="t"
+    )
     await limiter.put_rule(
         rule("s", [sliding("win", 20, 400, sub_windows=4)], match={"key": "s*"}), actor="t"
     )
@@ -190,7 +189,9 @@ async def test_clients_waiting_retry_after_are_admitted(make_limiter: MakeLimite
             admitted_after_wait += (await limiter.check("acme", "tok", key, cost)).allowed
         return waits, admitted_after_wait
 
-    results = await asyncio.gather(client("g1", 1), client("g2", 2), client("s1", 1), client("s2", 3))
+    results = await asyncio.gather(
+        client("g1", 1), client("g2", 2), client("s1", 1), client("s2", 3)
+    )
     waits = sum(w for w, _ in results)
     admitted = sum(a for _, a in results)
     assert waits >= 100

@@ -26,10 +26,13 @@ def tenant_on(limiter: Limiter, shard_name: str) -> str:
     )
 
 
-async def setup(make_limiter: MakeLimiter, urls: list[str], shared_redis: Any) -> Limiter:
+async def setup(
+    make_limiter: MakeLimiter, urls: list[str], shared_redis: Any, timeout_ms: int
+) -> Limiter:
     limiter = await make_limiter(
         urls,
         config=shared_redis,
+        timeout_ms=timeout_ms,
         metrics=LimiterMetrics(CollectorRegistry()),
         options={"fallback_share": 0.5, "probe_interval_ms": 100},
     )
@@ -63,7 +66,10 @@ async def setup(make_limiter: MakeLimiter, urls: list[str], shared_redis: Any) -
 
 
 def degraded_gauge(limiter: Limiter, shard: str) -> float | None:
-    return limiter.metrics.registry.get_sample_value("mc_rl_degraded", {"shard": shard})
+    value: float | None = limiter.metrics.registry.get_sample_value(
+        "mc_rl_degraded", {"shard": shard}
+    )
+    return value
 
 
 async def wait_for_redis(limiter: Limiter, tenant: str, key: str, seconds: float = 5.0) -> Any:
@@ -80,7 +86,8 @@ async def test_killed_shard_falls_back_within_a_second_and_recovers(
     make_limiter: MakeLimiter, redis_servers: Callable[[], Any], shared_redis: Any
 ) -> None:
     servers = [redis_servers(), redis_servers()]
-    limiter = await setup(make_limiter, [s.url for s in servers], shared_redis)
+    # A killed server refuses connections at once; the timeout only guards the survivor.
+    limiter = await setup(make_limiter, [s.url for s in servers], shared_redis, 500)
     victim = tenant_on(limiter, "s1")
     survivor = tenant_on(limiter, "s0")
     for _ in range(2):
@@ -116,7 +123,7 @@ async def test_hung_shard_times_out_into_fallback(
     make_limiter: MakeLimiter, redis_servers: Callable[[], Any], shared_redis: Any
 ) -> None:
     servers = [redis_servers(), redis_servers()]
-    limiter = await setup(make_limiter, [s.url for s in servers], shared_redis)
+    limiter = await setup(make_limiter, [s.url for s in servers], shared_redis, 250)
     victim = tenant_on(limiter, "s0")
     assert not (await limiter.check(victim, "tok", "fb")).degraded
     pid = servers[0].proc.pid

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+
 from mc_limiter.audit import MemoryAuditSink
 from mc_limiter.decisions import UNLIMITED, CheckRequest
 from mc_limiter.errors import (
@@ -49,13 +50,26 @@ def rule_data(**overrides: Any) -> dict[str, Any]:
         ({"failure_mode": "explode"}, "failure_mode"),
         ({"colour": "red"}, "colour"),
         (
-            {"limits": [{"name": "x", "algorithm": "sliding_window", "limit": 5,
-                         "window_ms": 100, "burst": 3}]},
+            {
+                "limits": [
+                    {
+                        "name": "x",
+                        "algorithm": "sliding_window",
+                        "limit": 5,
+                        "window_ms": 100,
+                        "burst": 3,
+                    }
+                ]
+            },
             "limits[0]",
         ),
         (
-            {"limits": [{"name": "x", "limit": 5, "window_ms": 100},
-                        {"name": "x", "limit": 50, "window_ms": 1000}]},
+            {
+                "limits": [
+                    {"name": "x", "limit": 5, "window_ms": 100},
+                    {"name": "x", "limit": 50, "window_ms": 1000},
+                ]
+            },
             "rule",
         ),
         ({"multi_region": True}, "rule"),
@@ -92,9 +106,7 @@ async def test_rule_store_crud_with_revisions(make_limiter: MakeLimiter) -> None
     assert stored.revision == 1
     with pytest.raises(RevisionMismatchError):
         await limiter.put_rule(rule_data(), actor="ops", expected_revision=0)
-    updated = await limiter.put_rule(
-        rule_data(description="v2"), actor="ops", expected_revision=1
-    )
+    updated = await limiter.put_rule(rule_data(description="v2"), actor="ops", expected_revision=1)
     assert updated.revision == 2
     fetched = await limiter.get_rule("api")
     assert fetched.rule.description == "v2" and fetched.updated_by == "ops"

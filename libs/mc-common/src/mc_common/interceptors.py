@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pool
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from mc.common.v1 import options_pb2
 from mc_common.errors import InvalidArgument, MCError
@@ -98,19 +98,23 @@ class _CachingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return wrapped  # type: ignore[return-value]
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
+        deserializer = self.wrap_deserializer(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self.wrap_unary(method, handler.unary_unary),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self.wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # client- and bidi-streaming RPCs: none exist in MC's contracts yet
+
+    def wrap_deserializer(self, deserializer: Any) -> Any:
+        return deserializer
 
     def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
         raise NotImplementedError
@@ -119,12 +123,32 @@ class _CachingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         raise NotImplementedError
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the error maps like any other."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
 class ObservabilityInterceptor(_CachingInterceptor):
     """Times and counts every RPC, logs failures, and maps domain errors to rich statuses."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
         super().__init__()
         self._metrics = metrics
+
+    def wrap_deserializer(self, deserializer: Any) -> Any:
+        """Undecodable request bytes become INVALID_ARGUMENT (grpc would say UNKNOWN)."""
+        if deserializer is None:
+            return None
+
+        def safe(data: bytes) -> Any:
+            try:
+                return deserializer(data)
+            except DecodeError as error:
+                return _Undecodable(error)
+
+        return safe
 
     async def _fail(self, method: str, context: Ctx, error: Exception) -> None:
         status: grpc.Status | _PlainStatus
@@ -144,6 +168,8 @@ class ObservabilityInterceptor(_CachingInterceptor):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if type(request) is _Undecodable:
+                    raise InvalidArgument(f"request is not a valid message: {request.error}")
                 return await behavior(request, context)
             except MCError as error:
                 code = error.grpc_code
@@ -166,6 +192,8 @@ class ObservabilityInterceptor(_CachingInterceptor):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if type(request) is _Undecodable:
+                    raise InvalidArgument(f"request is not a valid message: {request.error}")
                 async for item in behavior(request, context):
                     yield item
             except MCError as error:

@@ -48,6 +48,7 @@ class ServiceSpec:
     register: Callable[[grpc.aio.Server], None]
     access_overrides: Mapping[str, Access] = field(default_factory=dict)
     tracing: bool = True
+    registry: CollectorRegistry | None = None  # the service's own metrics, served beside RPCs
 
 
 @dataclass
@@ -91,7 +92,7 @@ async def start_server(
     tracer_provider: TracerProvider | None = None,
 ) -> RunningServer:
     """Build, bind and start the server for `spec`; the port is in the result."""
-    registry = registry or CollectorRegistry()
+    registry = registry or spec.registry or CollectorRegistry()
     interceptors: list[Any] = []
     # Tracing costs about half of a small RPC's server time in grpc.aio, so spans are made only
     # when something will receive them: a configured exporter, or a provider passed in.

@@ -6,12 +6,12 @@ per request.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from mc_limiter.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class DenyAggregator:
         self._interval = flush_interval_ms / 1000
         self._max = max_groups
         self._pending: dict[_Group, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("deny-flush", flush_interval_ms / 1000, self.flush)
         self.dropped = 0
 
     def record(
@@ -86,20 +86,10 @@ class DenyAggregator:
         return len(records)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="deny-flush")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.flush()
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
         await self.flush()
 
 

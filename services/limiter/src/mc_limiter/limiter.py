@@ -14,12 +14,13 @@ Degraded mode: a connection error or timeout on a shard trips its breaker; the f
 and every following one for that shard are answered from in-process buckets at this
 replica's share of the limit (``fallback.py``), or per the rule's ``failure_mode`` when the
 rule opts out of local fallback. A background probe closes the breaker when the shard answers.
+A check that timed out on a hung shard may still be applied there later, so it can count both
+locally and in Redis: degraded mode errs toward denying, never toward over-admitting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -47,12 +48,14 @@ from mc_limiter.errors import (
     CostExceedsCapacityError,
     FieldViolation,
     InvalidArgumentError,
+    LimiterError,
     NoMatchingRuleError,
     UnavailableError,
 )
 from mc_limiter.fallback import FallbackItem, LocalFallback
 from mc_limiter.keys import counter_key, escape, remote_key
 from mc_limiter.metrics import LimiterMetrics
+from mc_limiter.periodic import Periodic
 from mc_limiter.regions import RegionPeer, RegionSync
 from mc_limiter.rules import (
     MAX_LIMIT,
@@ -185,6 +188,9 @@ class Limiter:
         self.options = options or LimiterOptions()
         self.router = ShardRouter(shards, vnodes=self.options.vnodes)
         self.metrics = metrics or LimiterMetrics()
+        self._check_ms = {
+            path: self.metrics.check_ms.labels(path) for path in ("redis", "fallback", "batch")
+        }
         self.store = RuleStore(config or self.router.shards[0].client, self.options.key_prefix)
         self._audit: AuditSink = audit_sink or NullAuditSink()
         self._denies = DenyAggregator(deny_sink, self.options.deny_flush_ms) if deny_sink else None
@@ -201,7 +207,9 @@ class Limiter:
         self._snapshot = ConfigSnapshot()
         self._plans: OrderedDict[tuple[str, str, str], tuple[_Planned, ...]] = OrderedDict()
         self._fallbacks: dict[str, LocalFallback] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._refresh = Periodic(
+            "limiter-config", self.options.config_refresh_ms / 1000, self._refresh_once
+        )
         self._owned_clients: list[Redis] = []
         for shard in self.router.shards:
             self._attach_breaker(shard)
@@ -226,17 +234,13 @@ class Limiter:
         for shard in self.router.shards:
             await self._load_scripts(shard)
         await self.reload()
-        self._tasks.append(asyncio.create_task(self._refresh_loop(), name="limiter-config"))
+        self._refresh.start()
         self._sync.start()
         if self._denies:
             self._denies.start()
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._refresh.stop()
         await self._sync.close()
         if self._denies:
             await self._denies.close()
@@ -281,18 +285,29 @@ class Limiter:
 
     # ---------------------------------------------------------------- checks
 
-    async def check(self, tenant: str, token: str, key: str, cost: int = 1) -> Decision:
+    async def check(
+        self,
+        tenant: str,
+        token: str,
+        key: str,
+        cost: int = 1,
+        *,
+        unmatched_allow: bool | None = None,
+    ) -> Decision:
         """Decide (and if admitted, consume) ``cost`` units for ``(tenant, token, key)``.
 
         ``cost=0`` peeks: it reports whether a 1-unit request would be admitted now and the
         current usage, and consumes nothing. Raises ``InvalidArgumentError`` (empty tenant,
         negative cost), ``NoMatchingRuleError`` (no rule matches and unmatched=error) or
         ``CostExceedsCapacityError`` (cost above an enforced limit's capacity). A shard outage
-        never raises: the decision then comes from the fallback.
+        never raises: the decision then comes from the fallback. ``unmatched_allow``
+        overrides ``options.unmatched`` for this call (Envoy RLS admits unmatched
+        descriptors).
         """
         request = CheckRequest(tenant, token, key, cost)
         _validate(request, "")
-        return await self._check_one(request, record=cost > 0, unmatched=self.options.unmatched)
+        unmatched = self._unmatched(unmatched_allow)
+        return await self._check_one(request, record=cost > 0, unmatched=unmatched)
 
     async def usage(self, tenant: str, token: str, key: str) -> Decision:
         """Current usage of every limit that applies, without consuming (a peek that returns
@@ -301,16 +316,26 @@ class Limiter:
         _validate(request, "")
         return await self._check_one(request, record=False, unmatched=UnmatchedPolicy.ALLOW)
 
-    async def check_batch(self, requests: Sequence[CheckRequest]) -> list[Decision]:
+    async def check_batch(
+        self, requests: Sequence[CheckRequest], *, unmatched_allow: bool | None = None
+    ) -> list[Decision]:
         """Many checks, each atomic on its own, in one pipelined round trip per shard.
 
-        Every request is validated first (violations name ``requests[i].field``); if one is
-        invalid nothing is evaluated.
+        Every request is validated and resolved first (violations name
+        ``requests[i].field``; other errors carry ``request_index``): if one fails, nothing
+        is evaluated.
         """
         for i, request in enumerate(requests):
             _validate(request, f"requests[{i}].")
         started = time.perf_counter()
-        resolved = [self._resolve(r, self.options.unmatched) for r in requests]
+        unmatched = self._unmatched(unmatched_allow)
+        resolved = []
+        for i, request in enumerate(requests):
+            try:
+                resolved.append(self._resolve(request, unmatched))
+            except LimiterError as exc:
+                exc.request_index = i
+                raise
         decisions: list[Decision | None] = [None] * len(requests)
         single: dict[str, list[tuple[int, list[_Item]]]] = {}
         multi: list[int] = []
@@ -330,18 +355,24 @@ class Limiter:
                 shard, [(items, resolved[i].request.cost) for i, items in batch]
             )
             for (i, items), outcome in zip(batch, outcomes, strict=True):
-                decisions[i] = self._finish(resolved[i].request, [(items, outcome)], True)
+                request = resolved[i].request
+                decisions[i] = self._finish(request, [(items, outcome)], request.cost > 0)
 
         async def run_multi(i: int) -> None:
-            decisions[i] = await self._decide(resolved[i], record=True)
+            decisions[i] = await self._decide(resolved[i], record=resolved[i].request.cost > 0)
 
         await asyncio.gather(
             *(run_shard(name, batch) for name, batch in single.items()),
             *(run_multi(i) for i in multi),
         )
         out = [d if d is not None else _unmatched_decision() for d in decisions]
-        self.metrics.check_ms.labels("batch").observe((time.perf_counter() - started) * 1000)
+        self._check_ms["batch"].observe((time.perf_counter() - started) * 1000)
         return out
+
+    def _unmatched(self, allow: bool | None) -> UnmatchedPolicy:
+        if allow is None:
+            return self.options.unmatched
+        return UnmatchedPolicy.ALLOW if allow else UnmatchedPolicy.ERROR
 
     async def _check_one(
         self, request: CheckRequest, *, record: bool, unmatched: UnmatchedPolicy
@@ -352,7 +383,7 @@ class Limiter:
             return _unmatched_decision()
         decision = await self._decide(resolved, record=record)
         path = "fallback" if decision.degraded else "redis"
-        self.metrics.check_ms.labels(path).observe((time.perf_counter() - started) * 1000)
+        self._check_ms[path].observe((time.perf_counter() - started) * 1000)
         return decision
 
     def _resolve(self, request: CheckRequest, unmatched: UnmatchedPolicy) -> _Resolved:
@@ -773,17 +804,12 @@ class Limiter:
         except UnavailableError:
             log.warning("config reload failed; keeping version %s", self._snapshot.version)
 
-    async def _refresh_loop(self) -> None:
-        interval = self.options.config_refresh_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if await self.store.version() != self._snapshot.version:
-                    await self.reload()
-            except _REFRESH_ERRORS:
-                log.debug("config refresh skipped: store unreachable")
-            except Exception:
-                log.exception("config refresh failed")
+    async def _refresh_once(self) -> None:
+        try:
+            if await self.store.version() != self._snapshot.version:
+                await self.reload()
+        except _REFRESH_ERRORS:
+            log.debug("config refresh skipped: store unreachable")
 
     # ---------------------------------------------------------------- shards
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Iterable
@@ -28,6 +27,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mc_limiter.periodic import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class CircuitBreaker:
         self._on_change = on_change
         self._up = True
         self._probe: asyncio.Task[None] | None = None
+        self._closed = False
         self.down_since: float | None = None
 
     @property
@@ -126,7 +128,7 @@ class CircuitBreaker:
         return self._up
 
     def trip(self, reason: BaseException | None = None) -> None:
-        if not self._up:
+        if not self._up or self._closed:
             return
         self._up = False
         self.down_since = asyncio.get_running_loop().time()
@@ -137,7 +139,7 @@ class CircuitBreaker:
             self._probe = asyncio.create_task(self._probe_until_up(), name=f"probe-{self.name}")
 
     async def _probe_until_up(self) -> None:
-        while not self._up:
+        while not self._up and not self._closed:
             await asyncio.sleep(self._interval)
             try:
                 await self._client.ping()
@@ -150,11 +152,10 @@ class CircuitBreaker:
                 self._on_change(True)
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
+        self._closed = True
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            await stop_task(probe)
 
 
 class Shard:

@@ -1,0 +1,132 @@
+"""Wiring of the limiter service: Redis shards, the limiter, fair share, sinks, gRPC spec."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import grpc
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from envoy.service.ratelimit.v3 import rls_pb2_grpc
+from mc.limiter.v1 import fairshare_service_pb2_grpc as fs_grpc
+from mc.limiter.v1 import limiter_service_pb2_grpc as svc_grpc
+from mc_common.events.publisher import EventPublisher
+from mc_common.server import ServiceSpec
+from mc_limiter.audit import AuditSink
+from mc_limiter.denials import DenySink
+from mc_limiter.envoy_rls import RLS_SERVICE, RateLimitServicer
+from mc_limiter.fairshare import FairShareDispatcher
+from mc_limiter.limiter import Limiter, LimiterOptions, UnmatchedPolicy
+from mc_limiter.metrics import LimiterMetrics
+from mc_limiter.regions import RegionPeer
+from mc_limiter.servicer import (
+    FAIRSHARE_SERVICE,
+    LIMITER_SERVICE,
+    FairShareServicer,
+    LimiterServicer,
+)
+from mc_limiter.settings import LimiterSettings
+from mc_limiter.sharding import Shard, ShardRouter
+from mc_limiter.sinks import KafkaAuditSink, KafkaDenySink, LogAuditSink
+
+
+@dataclass
+class LimiterApp:
+    """A started limiter service minus its gRPC server (see `spec()`)."""
+
+    settings: LimiterSettings
+    limiter: Limiter
+    fairshare: FairShareDispatcher
+    registry: CollectorRegistry
+    publisher: EventPublisher | None = None
+    _clients: list[Redis] = field(default_factory=list)
+
+    @classmethod
+    async def create(
+        cls, settings: LimiterSettings, registry: CollectorRegistry | None = None
+    ) -> LimiterApp:
+        registry = registry or CollectorRegistry()
+        publisher = None
+        audit: AuditSink = LogAuditSink()
+        denies: DenySink | None = None
+        if settings.kafka_bootstrap:
+            publisher = EventPublisher(
+                settings.kafka_bootstrap, source=f"mc-limiter/{settings.region}"
+            )
+            await publisher.start()
+            audit = KafkaAuditSink(publisher, settings.audit_topic)
+            denies = KafkaDenySink(publisher, settings.decisions_topic, settings.region)
+        options = LimiterOptions(
+            key_prefix=settings.key_prefix,
+            region=settings.region,
+            socket_timeout_ms=settings.socket_timeout_ms,
+            probe_interval_ms=settings.probe_interval_ms,
+            region_sync_ms=settings.region_sync_ms,
+            fallback_share=settings.fallback_share,
+            unmatched=UnmatchedPolicy(settings.unmatched),
+        )
+        peers = [
+            RegionPeer(
+                peer.name,
+                ShardRouter(
+                    Shard.from_url(f"{peer.name}-{i}", url, settings.socket_timeout_ms)
+                    for i, url in enumerate(peer.redis_urls)
+                ),
+                peer.key_prefix,
+            )
+            for peer in settings.peers
+        ]
+        limiter = Limiter.from_urls(
+            settings.shard_urls(),
+            config_url=settings.config_redis_url,
+            options=options,
+            peers=peers,
+            metrics=LimiterMetrics(registry),
+            audit_sink=audit,
+            deny_sink=denies,
+        )
+        fairshare_client = Redis.from_url(
+            settings.config_redis_url or next(iter(settings.shard_urls().values()))
+        )
+        fairshare = FairShareDispatcher(
+            fairshare_client,
+            key_prefix=settings.fairshare_key_prefix,
+            capacity=settings.fairshare_capacity,
+            default_lease_ms=settings.fairshare_lease_ms,
+        )
+        app = cls(settings, limiter, fairshare, registry, publisher, [fairshare_client])
+        try:
+            await limiter.start()
+        except BaseException:
+            await app.close()
+            raise
+        return app
+
+    def spec(self) -> ServiceSpec:
+        limiter_servicer = LimiterServicer(self.limiter)
+        fairshare_servicer = FairShareServicer(self.fairshare)
+        rls_servicer = RateLimitServicer(
+            self.limiter, self.settings.envoy_tenant_entry, self.settings.envoy_token_entry
+        )
+
+        def register(server: grpc.aio.Server) -> None:
+            svc_grpc.add_LimiterServiceServicer_to_server(limiter_servicer, server)
+            fs_grpc.add_FairShareServiceServicer_to_server(fairshare_servicer, server)
+            rls_pb2_grpc.add_RateLimitServiceServicer_to_server(rls_servicer, server)
+
+        return ServiceSpec(
+            name="mc-limiter",
+            service_names=[LIMITER_SERVICE, FAIRSHARE_SERVICE, RLS_SERVICE],
+            register=register,
+            registry=self.registry,
+        )
+
+    async def close(self) -> None:
+        await self.limiter.close()
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        if self.publisher is not None:
+            await self.publisher.stop()

@@ -1,0 +1,75 @@
+"""Typed settings of the limiter service, read from `MC_LIMITER_*` environment variables."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from mc_common.config import ServiceSettings
+
+
+class PeerRegion(BaseModel):
+    """Another region of a multi-region deployment: its name and its Redis shards."""
+
+    name: str = Field(min_length=1)
+    redis_urls: list[str] = Field(min_length=1)
+    key_prefix: str = "mc:rl"
+
+
+class LimiterSettings(ServiceSettings):
+    """Everything the limiter reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MC_LIMITER_", extra="ignore", frozen=True)
+
+    redis_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["redis://127.0.0.1:6379/0"],
+        description="This region's Redis shards: comma-separated URLs, optionally `name=url`.",
+    )
+    config_redis_url: str | None = Field(
+        None, description="Redis holding rules and throttle levels (default: the first shard)."
+    )
+    key_prefix: str = Field("mc:rl", pattern=r"^[^{}]+$")
+    peers: list[PeerRegion] = Field(
+        default_factory=list, description="JSON list of other regions for multi-region rules."
+    )
+    socket_timeout_ms: int = Field(100, ge=1, description="Redis socket timeout per shard.")
+    probe_interval_ms: int = Field(250, ge=10, description="Probe of a shard marked down.")
+    region_sync_ms: int = Field(150, ge=10, description="Multi-region usage sync interval.")
+    fallback_share: float = Field(
+        1.0, gt=0, le=1, description="This replica's share of the region (1 / replicas)."
+    )
+    unmatched: Literal["error", "allow"] = Field(
+        "error", description="Check with no matching rule: NOT_FOUND (error) or admit (allow)."
+    )
+    kafka_bootstrap: str | None = Field(None, description="Kafka; unset keeps events local.")
+    decisions_topic: str = Field("mc.limiter.decisions", description="Denial aggregates.")
+    audit_topic: str = Field("mc.limiter.audit", description="Operator changes.")
+    fairshare_capacity: int = Field(5000, ge=1, description="Global concurrency cap.")
+    fairshare_key_prefix: str = Field("mc:fs", description="Fair-share keys in Redis.")
+    fairshare_lease_ms: int = Field(30_000, ge=100, description="Default slot lease.")
+    envoy_tenant_entry: str = Field(
+        "tenant", description="Envoy descriptor entry whose value is the MC tenant."
+    )
+    envoy_token_entry: str = Field(
+        "token", description="Envoy descriptor entry whose value is the MC token."
+    )
+
+    @field_validator("redis_urls", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    def shard_urls(self) -> dict[str, str]:
+        """`{shard name: url}`; unnamed URLs are named `shard-<n>`."""
+        out: dict[str, str] = {}
+        for index, item in enumerate(self.redis_urls):
+            name, sep, url = item.partition("=")
+            if sep and "://" not in name:
+                out[name] = url
+            else:
+                out[f"shard-{index}"] = item
+        return out
