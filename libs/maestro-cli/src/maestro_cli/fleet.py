@@ -110,7 +110,7 @@ class Fleet:
     def start_infra(self) -> Infra:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         admin_dsn = os.environ.get("MC_POSTGRES_DSN") or infra.postgres_dsn()
-        dsn = _ensure_database(admin_dsn, "mc_dev")
+        dsn = _ensure_database(admin_dsn, os.environ.get("MC_DEV_DATABASE", "mc_dev"))
         redis = os.environ.get("MC_REDIS_URL") or infra.redis_url()
         kafka = os.environ.get("MC_KAFKA_BOOTSTRAP")
         if not kafka:
