@@ -8,5 +8,7 @@ if ! command -v uv >/dev/null 2>&1; then
 fi
 uv sync --frozen --quiet
 if [ ! -x node_modules/.bin/buf ]; then
-  npm ci --no-audit --no-fund --loglevel=error
+  # npm ci rejects this lock: npm 11 omits other platforms' optional buf binaries from it,
+  # then reports them missing. buf is pinned exactly in package.json, so install is as strict.
+  npm install --no-audit --no-fund --loglevel=error
 fi
