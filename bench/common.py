@@ -27,10 +27,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by `pids` and their children (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+        total += cpu_seconds([int(c) for c in children])
+    return total
+
+
 @dataclass
 class Child:
     process: subprocess.Popen[bytes]
     address: str
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by the server process and its worker processes."""
+        return cpu_seconds([self.process.pid])
 
     def stop(self) -> None:
         self.process.terminate()
@@ -82,6 +101,8 @@ class Throughput:
     items: int
     seconds: float
     latencies_ms: list[float]
+    server_cpu_s: float = float("nan")
+    client_cpu_s: float = float("nan")
 
     @property
     def calls_per_s(self) -> float:
@@ -98,16 +119,59 @@ class Throughput:
             f"p99 {percentile(self.latencies_ms, 0.99):6.2f} ms"
         )
 
+    def cpu_summary(self) -> str:
+        """CPU per item of the server and of the load generator: unlike rates, these hardly
+        move when other work shares the machine."""
+        items = max(self.items, 1)
+        return (
+            f"cpu/item: server {self.server_cpu_s / items * 1000:.3f} ms, "
+            f"client {self.client_cpu_s / items * 1000:.3f} ms"
+        )
+
+
+class CpuMeter:
+    """Samples server and client CPU time at the start and end of a measured window."""
+
+    def __init__(self, server: Callable[[], float] | None) -> None:
+        self._server = server
+        self._start = (0.0, 0.0)
+
+    def _sample(self) -> tuple[float, float]:
+        return (self._server() if self._server else float("nan"), time.process_time())
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self, result: Throughput) -> Throughput:
+        end = self._sample()
+        result.server_cpu_s = end[0] - self._start[0]
+        result.client_cpu_s = end[1] - self._start[1]
+        return result
+
 
 async def closed_loop(
-    call: Callable[[int], Awaitable[int]], concurrency: int, seconds: float, warmup: float = 1.0
+    call: Callable[[int], Awaitable[int]],
+    concurrency: int,
+    seconds: float,
+    warmup: float = 1.0,
+    server_cpu: Callable[[], float] | None = None,
 ) -> Throughput:
-    """`concurrency` workers call back to back for `seconds`; each call returns its item count."""
+    """`concurrency` workers call back to back for `seconds`; each call returns its item count.
+
+    Items are counted by calls started after the warm-up; CPU (`server_cpu`, and this process)
+    is sampled over the same window, so CPU per item is slightly overstated by the calls still
+    in flight when it closes.
+    """
     stop_at = time.perf_counter() + warmup + seconds
     measure_from = time.perf_counter() + warmup
     latencies: list[float] = []
     counts = [0, 0]
     seq = 0
+    meter = CpuMeter(server_cpu)
+
+    async def start_meter() -> None:
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        meter.start()
 
     async def worker() -> None:
         nonlocal seq
@@ -120,12 +184,15 @@ async def closed_loop(
                 counts[0] += 1
                 counts[1] += items
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Throughput(counts[0], counts[1], seconds, latencies)
+    await asyncio.gather(start_meter(), *(worker() for _ in range(concurrency)))
+    return meter.stop(Throughput(counts[0], counts[1], seconds, latencies))
 
 
 async def open_loop(
-    call: Callable[[int], Awaitable[int]], rate: float, seconds: float
+    call: Callable[[int], Awaitable[int]],
+    rate: float,
+    seconds: float,
+    server_cpu: Callable[[], float] | None = None,
 ) -> Throughput:
     """Send at a fixed offered `rate`; latency counts from the scheduled send time, so a server
     that falls behind is charged for the queueing it causes (no coordinated omission)."""
@@ -141,12 +208,15 @@ async def open_loop(
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        items += await call(i)
+        done = await call(i)  # not `items += await ...`: that reads `items` before awaiting
+        items += done
         latencies.append((time.perf_counter() - scheduled) * 1000)
 
+    meter = CpuMeter(server_cpu)
+    meter.start()
     await asyncio.gather(*(one(i) for i in range(total)))
     elapsed = time.perf_counter() - start
-    return Throughput(total, items, elapsed, latencies)
+    return meter.stop(Throughput(total, items, elapsed, latencies))
 
 
 def mean(values: list[float]) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -21,13 +22,13 @@ import grpc
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "services" / "pql" / "tests"))
 
-from common import closed_loop, free_port, open_loop, percentile, start_child, start_echo  # noqa: E402
-from pql_support import record  # noqa: E402
+from common import closed_loop, free_port, open_loop, percentile, start_child, start_echo
+from pql_support import record
 
-from mc.pql.v1 import provenance_service_pb2 as svc  # noqa: E402
-from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc  # noqa: E402
-from mc_common.signing import PemSigner  # noqa: E402
-from mc_common.testing import infra  # noqa: E402
+from mc.pql.v1 import provenance_service_pb2 as svc
+from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
+from mc_common.signing import PemSigner
+from mc_common.testing import infra
 
 TENANTS = [f"bench-{i}" for i in range(8)]
 
@@ -94,11 +95,14 @@ async def run(seconds: float) -> None:
                 )
                 return 1
 
-            echo_tp = await closed_loop(echo_one, concurrency=32, seconds=seconds)
-            unary_tp = await closed_loop(unary_one, concurrency=32, seconds=seconds)
-            solo_tp = await closed_loop(single_tenant, concurrency=32, seconds=seconds)
-            batch_tp = await closed_loop(batch_one, concurrency=4, seconds=seconds)
-            fixed = await open_loop(unary_one, rate=250, seconds=seconds)
+            load_before = os.getloadavg()
+            echo_cpu, pql_cpu = echo.cpu_seconds, pql.cpu_seconds
+            echo_tp = await closed_loop(echo_one, 32, seconds, server_cpu=echo_cpu)
+            unary_tp = await closed_loop(unary_one, 32, seconds, server_cpu=pql_cpu)
+            solo_tp = await closed_loop(single_tenant, 32, seconds, server_cpu=pql_cpu)
+            batch_tp = await closed_loop(batch_one, 4, seconds, server_cpu=pql_cpu)
+            fixed = await open_loop(unary_one, rate=250, seconds=seconds, server_cpu=pql_cpu)
+            load_after = os.getloadavg()
             verify = await stub.VerifyChain(
                 svc.VerifyChainRequest(), metadata=[("x-mc-tenant", "bench-solo")]
             )
@@ -108,6 +112,10 @@ async def run(seconds: float) -> None:
         infra.drop_database(admin, db)
 
     print(f"pql receipts benchmark ({seconds:.0f} s per phase, 2-core machine, load in-process)")
+    print(
+        f"  machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after (anything above ~1 is other work competing)"
+    )
     print(f"  echo baseline (bare grpc.aio, c=32)   {echo_tp.summary()}")
     print(
         f"  RecordReceipt unary, 8 tenants, c=32  {unary_tp.summary()}  "
@@ -125,6 +133,15 @@ async def run(seconds: float) -> None:
         f"  fixed 250/s offered, 8 tenants        p50 {percentile(fixed.latencies_ms, 0.5):.2f} ms"
         f"  p99 {percentile(fixed.latencies_ms, 0.99):.2f} ms  (target p99 <= 30 ms)"
     )
+    print("  CPU per receipt (echo: per call), the figures to compare when the machine is busy:")
+    for name, tp in (
+        ("echo", echo_tp),
+        ("unary 8 tenants", unary_tp),
+        ("unary 1 tenant", solo_tp),
+        ("batched x100", batch_tp),
+        ("fixed 250/s", fixed),
+    ):
+        print(f"    {name:16s} {tp.cpu_summary()}")
     print(
         f"  single-tenant chain after the run: valid={verify.verification.valid} "
         f"receipts={verify.receipts_checked}"

@@ -1,4 +1,5 @@
-"""The C-encoder fast path of `canonicalize` gives exactly the general RFC 8785 writer's bytes."""
+"""The fast path of `canonicalize` (pydantic-core's JSON writer) gives exactly the general
+RFC 8785 writer's bytes."""
 
 from __future__ import annotations
 
@@ -39,3 +40,10 @@ def test_keys_that_sort_differently_in_utf16_use_the_general_writer() -> None:
     assert canonicalize(value).index("\ufb01".encode()) > canonicalize(value).index(
         "\U0001f600".encode()
     )
+
+
+def test_string_escapes_are_ecmascript_ones() -> None:
+    text = "".join(map(chr, range(0x20))) + '"\\/\x7f\x80\u2028\u2029\U0001f600'
+    value = {"k": [text], text: text}
+    assert canonicalize(value) == slow(value)
+    assert b"\\u001f" in canonicalize(value) and b"\\n" in canonicalize(value)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from mc_common.receipts import (
@@ -32,6 +34,7 @@ from mc_common.receipts import (
     parse_json_strict,
     rfc3339_sort_key,
     utc_timestamp,
+    utc_timestamp_at,
     verify_receipt,
 )
 from mc_common.signing import (
@@ -159,6 +162,14 @@ def test_timestamps() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         utc_timestamp(datetime(2025, 1, 1))
     assert rfc3339_sort_key("2025-01-01T00:00:00.5Z") > rfc3339_sort_key("2025-01-01T00:00:00Z")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 1), timezones=st.just(UTC)))
+def test_timestamp_from_epoch_seconds_is_the_same_text(moment: datetime) -> None:
+    since = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    seconds = since.days * 86_400 + since.seconds
+    assert utc_timestamp_at(seconds, since.microseconds) == utc_timestamp(moment)
 
 
 @pytest.mark.parametrize(

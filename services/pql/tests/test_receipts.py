@@ -7,9 +7,11 @@ import itertools
 
 import grpc
 import pytest
+from google.protobuf.descriptor import Descriptor
 from google.rpc import error_details_pb2
 from pql_support import OPERATOR, content, md, record
 
+from mc.pql.v1 import provenance_pb2 as pb
 from mc.pql.v1 import provenance_service_pb2 as svc
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common.errors import status_details
@@ -237,3 +239,82 @@ async def test_garbage_envelope_is_invalid_argument(stub: Stub) -> None:
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_fields(err.value) == ["signed_envelope"]
+
+
+async def test_content_served_when_recording_is_the_signed_content(stub: Stub) -> None:
+    # Made from the request when recording, from the signed statement when read back.
+    detailed = content("e1", 1)
+    detailed.started_at.nanos = 123_456_789  # receipts keep microseconds
+    detailed.steps[0].finished_at.nanos = 999_999_999
+    step = detailed.steps.add(name="load", status="failed")
+    step.started_at.CopyFrom(detailed.steps[0].finished_at)
+    step.finished_at.CopyFrom(detailed.finished_at)
+    detailed.subjects.add(name="dataset", sha256="cd" * 32)
+    client_key = PemSigner.generate()
+    await stub.RegisterSigningKey(
+        svc.RegisterSigningKeyRequest(
+            tenant="acme", public_key_pem=client_key.public_key_pem().decode()
+        ),
+        metadata=OPERATOR,
+    )
+    signed = sign_client_statement(client_body("acme"), client_key).to_json().encode()
+    batch = svc.RecordReceiptsRequest(
+        receipts=[
+            svc.RecordReceiptRequest(content=detailed),
+            record("e2", 2),
+            svc.RecordReceiptRequest(signed_envelope=signed),
+        ]
+    )
+    written = list((await stub.RecordReceipts(batch, metadata=md("acme"))).receipts)
+    written.append((await stub.RecordReceipt(record("e3", 3), metadata=md("acme"))).receipt)
+    for receipt in written:
+        read = await stub.GetReceipt(
+            svc.GetReceiptRequest(digest=receipt.digest), metadata=md("acme")
+        )
+        assert receipt == read.receipt
+    assert written[0].content.started_at.nanos == 123_456_000
+    assert [s.name for s in written[0].content.subjects] == ["dataset"]
+
+
+def test_every_field_of_receipt_content_is_signed() -> None:
+    # Recording serves the request's own content back (see `convert.receipt_to_proto`), which
+    # is right only while the receipt signs every field of it. A new field must be signed
+    # (`content_to_submission`) and served (`statement_to_content`) before it is listed here.
+    def fields(message: Descriptor) -> set[str]:
+        out = set()
+        for f in message.fields:
+            out.add(f"{message.name}.{f.name}")
+            if f.message_type is not None and f.message_type.full_name.startswith("mc."):
+                out |= fields(f.message_type)
+        return out
+
+    assert fields(pb.ReceiptContent.DESCRIPTOR) == {
+        "ReceiptContent.execution_id",
+        "ReceiptContent.package",
+        "ReceiptContent.subjects",
+        "ReceiptContent.steps",
+        "ReceiptContent.policy_decisions",
+        "ReceiptContent.cost",
+        "ReceiptContent.started_at",
+        "ReceiptContent.finished_at",
+        "ReceiptContent.region",
+        "PackageRef.name",
+        "PackageRef.version",
+        "PackageRef.digest",
+        "Subject.name",
+        "Subject.sha256",
+        "Step.name",
+        "Step.status",
+        "Step.started_at",
+        "Step.finished_at",
+        "Step.outputs",
+        "StepOutput.name",
+        "StepOutput.sha256",
+        "DecisionRef.decision_id",
+        "DecisionRef.policy",
+        "DecisionRef.rule",
+        "DecisionRef.allow",
+        "DecisionRef.reason",
+        "Cost.currency",
+        "Cost.amount_micros",
+    }

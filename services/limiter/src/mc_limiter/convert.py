@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from mc.limiter.v1 import limiter_pb2 as pb
@@ -137,29 +137,43 @@ def reset_after_ms(result: LimitResult) -> int:
     return math.ceil(result.used * result.window_ms / result.limit)
 
 
-def limit_status(result: LimitResult) -> pb.LimitStatus:
-    return pb.LimitStatus(
+def _status(make: Callable[..., pb.LimitStatus], result: LimitResult) -> pb.LimitStatus:
+    # Fields that are usually zero are set only when they are not: each keyword costs the
+    # message constructor about as much as a Python call, and this runs per limit per check.
+    status = make(
         rule_id=result.rule_id,
         limit_name=result.limit_name,
         allowed=result.allowed,
         remaining=max(0, result.remaining),
         limit=result.limit,
-        retry_after_ms=result.retry_after_ms,
         reset_after_ms=reset_after_ms(result),
-        shadow=result.mode is Mode.SHADOW,
     )
+    if result.retry_after_ms:
+        status.retry_after_ms = result.retry_after_ms
+    if result.mode is Mode.SHADOW:
+        status.shadow = True
+    return status
+
+
+def limit_status(result: LimitResult) -> pb.LimitStatus:
+    return _status(pb.LimitStatus, result)
 
 
 def check_response(decision: Decision) -> svc.CheckResponse:
     deciding = decision.deciding
-    return svc.CheckResponse(
+    remaining = decision.remaining
+    out = svc.CheckResponse(
         allowed=decision.allowed,
-        retry_after_ms=decision.retry_after_ms,
-        remaining=UNLIMITED_REMAINING
-        if decision.remaining == UNLIMITED
-        else max(0, decision.remaining),
+        remaining=UNLIMITED_REMAINING if remaining == UNLIMITED else max(0, remaining),
         decided_by=f"{deciding.rule_id}/{deciding.limit_name}" if deciding else "",
-        limits=[limit_status(r) for r in decision.results],
-        degraded=decision.degraded,
-        shadow_would_deny=decision.shadow_would_deny,
     )
+    if decision.retry_after_ms:
+        out.retry_after_ms = decision.retry_after_ms
+    if decision.degraded:
+        out.degraded = True
+    if decision.shadow_would_deny:
+        out.shadow_would_deny = True
+    add = out.limits.add  # builds each status in place: cheaper than a list of messages
+    for result in decision.results:
+        _status(add, result)
+    return out

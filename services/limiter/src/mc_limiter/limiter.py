@@ -27,12 +27,11 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from mc_limiter.algorithms import Evaluation
 from mc_limiter.audit import AuditEvent, AuditSink, NullAuditSink
@@ -69,7 +68,14 @@ from mc_limiter.rules import (
     StoredRule,
     parse_rule,
 )
-from mc_limiter.scripts import CHECK_SCRIPT, REFUND_SCRIPT
+from mc_limiter.scripts import (
+    CHECK_SCRIPT,
+    LIMIT_REPLY,
+    REFUND_SCRIPT,
+    CheckBatcher,
+    Packed,
+    resp_int,
+)
 from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS, CircuitBreaker, Shard, ShardRouter, hash64
 from mc_limiter.store import ConfigSnapshot, RuleStore
 from mc_limiter.throttle import ThrottleLevel, scale
@@ -81,6 +87,9 @@ _REFRESH_ERRORS: tuple[type[BaseException], ...] = (UnavailableError, *SHARD_UNA
 
 MAX_ID_LENGTH = 256
 MAX_KEY_LENGTH = 1024
+# Decisions per script call in a batch: ~100 us of Redis time each at most, so a large
+# CheckBatch does not hold up the shard's other clients for long.
+_CALL_DECISIONS = 128
 
 
 class UnmatchedPolicy(StrEnum):
@@ -147,20 +156,84 @@ class _Item:
 
 
 @dataclass(slots=True)
+class _Group:
+    """The limits of one decision under one hash tag, hence on one shard, with what
+    CHECK_LUA needs for them, encoded once: their KEYS, and ARGV after the cost (``n`` and
+    the limits)."""
+
+    tag: str
+    shard: Shard
+    calls: CheckBatcher
+    items: list[_Item]
+    keys: Packed
+    args: Packed
+    reply_len: int  # values of one decision in the script's reply
+    regional: bool  # some limit is multi-region: consumption is published to peers
+
+    @classmethod
+    def of(cls, tag: str, shard: Shard, calls: CheckBatcher, items: list[_Item]) -> _Group:
+        keys: list[str] = []
+        args: list[str | int] = [len(items)]
+        for item in items:
+            lim = item.planned.limit
+            keys.append(item.planned.key)
+            keys.extend(item.planned.remote_keys)
+            args += [
+                _algo_code(item),
+                item.limit,
+                item.window_us,
+                item.burst,
+                lim.sub_windows,
+                1 if item.enforce else 0,
+                len(item.planned.remote_keys),
+            ]
+        regional = any(item.planned.rule.multi_region for item in items)
+        return cls(
+            tag,
+            shard,
+            calls,
+            items,
+            Packed.of(list(keys)),
+            Packed.of(args),
+            1 + LIMIT_REPLY * len(items),
+            regional,
+        )
+
+
+@dataclass(slots=True)
 class _Outcome:
+    """One group's verdicts: from Redis (the script's ``reply``, this decision's values from
+    index ``at``), or from the fallback (``evaluations`` and ``sources``)."""
+
     all_ok: bool
-    evaluations: list[Evaluation]
-    sources: list[Source]
-    slots: list[int]
     now_us: float
     consumed: bool  # something was consumed in Redis (refundable)
+    reply: list[Any] | None = None
+    at: int = 0
+    evaluations: list[Evaluation] | None = None
+    sources: list[Source] | None = None
+
+    def slot(self, i: int) -> int:
+        return int(self.reply[self.at + LIMIT_REPLY * i + 5]) if self.reply else 0
 
 
 @dataclass(slots=True)
 class _Resolved:
     request: CheckRequest
     items: list[_Item]
-    groups: dict[str, list[_Item]] = field(default_factory=dict)
+    groups: list[_Group]  # the tenant's own tag first
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What applies to one (tenant, token, key) under the current configuration. ``resolved``
+    is the request-independent resolution (items and groups) when no rule samples its
+    enforcement per request; ``max_cost`` is the largest cost every enforced limit admits."""
+
+    planned: tuple[_Planned, ...]
+    items: list[_Item] | None = None
+    groups: list[_Group] | None = None
+    max_cost: int = MAX_LIMIT
 
 
 class Limiter:
@@ -205,7 +278,9 @@ class Limiter:
             self.options.region_sync_ms,
         )
         self._snapshot = ConfigSnapshot()
-        self._plans: OrderedDict[tuple[str, str, str], tuple[_Planned, ...]] = OrderedDict()
+        self._plans: OrderedDict[tuple[str, str, str], _Plan] = OrderedDict()
+        self._plans_ring = self.router.generation
+        self._calls: dict[str, CheckBatcher] = {}
         self._fallbacks: dict[str, LocalFallback] = {}
         self._refresh = Periodic(
             "limiter-config", self.options.config_refresh_ms / 1000, self._refresh_once
@@ -247,6 +322,8 @@ class Limiter:
         for shard in self.router.shards:
             if shard.breaker:
                 await shard.breaker.close()
+        for calls in self._calls.values():
+            await calls.close()
         for client in self._owned_clients:
             await client.aclose()
 
@@ -305,7 +382,7 @@ class Limiter:
         descriptors).
         """
         request = CheckRequest(tenant, token, key, cost)
-        _validate(request, "")
+        _validate(request)
         unmatched = self._unmatched(unmatched_allow)
         return await self._check_one(request, record=cost > 0, unmatched=unmatched)
 
@@ -313,20 +390,20 @@ class Limiter:
         """Current usage of every limit that applies, without consuming (a peek that returns
         an empty decision instead of raising when no rule matches); for policy input."""
         request = CheckRequest(tenant, token, key, 0)
-        _validate(request, "")
+        _validate(request)
         return await self._check_one(request, record=False, unmatched=UnmatchedPolicy.ALLOW)
 
     async def check_batch(
         self, requests: Sequence[CheckRequest], *, unmatched_allow: bool | None = None
     ) -> list[Decision]:
-        """Many checks, each atomic on its own, in one pipelined round trip per shard.
+        """Many checks, each atomic on its own, in one script call per shard.
 
         Every request is validated and resolved first (violations name
         ``requests[i].field``; other errors carry ``request_index``): if one fails, nothing
         is evaluated.
         """
         for i, request in enumerate(requests):
-            _validate(request, f"requests[{i}].")
+            _validate(request, i)
         started = time.perf_counter()
         unmatched = self._unmatched(unmatched_allow)
         resolved = []
@@ -337,34 +414,33 @@ class Limiter:
                 exc.request_index = i
                 raise
         decisions: list[Decision | None] = [None] * len(requests)
-        single: dict[str, list[tuple[int, list[_Item]]]] = {}
+        single: dict[str, list[tuple[int, _Group]]] = {}
         multi: list[int] = []
         for i, res in enumerate(resolved):
             if not res.items:
                 decisions[i] = _unmatched_decision()
             elif len(res.groups) == 1:
-                tag, items = next(iter(res.groups.items()))
-                shard = self.router.shard_for(tag)
-                single.setdefault(shard.name, []).append((i, items))
+                group = res.groups[0]
+                single.setdefault(group.shard.name, []).append((i, group))
             else:
                 multi.append(i)
 
-        async def run_shard(name: str, batch: list[tuple[int, list[_Item]]]) -> None:
-            shard = self.router.get(name)
+        async def run_shard(batch: list[tuple[int, _Group]]) -> None:
             outcomes = await self._run_on_shard(
-                shard, [(items, resolved[i].request.cost) for i, items in batch]
+                batch[0][1].shard, [(group, resolved[i].request.cost) for i, group in batch]
             )
-            for (i, items), outcome in zip(batch, outcomes, strict=True):
+            for (i, group), outcome in zip(batch, outcomes, strict=True):
                 request = resolved[i].request
-                decisions[i] = self._finish(request, [(items, outcome)], request.cost > 0)
+                decisions[i] = self._finish(request, [(group.items, outcome)], request.cost > 0)
 
         async def run_multi(i: int) -> None:
             decisions[i] = await self._decide(resolved[i], record=resolved[i].request.cost > 0)
 
-        await asyncio.gather(
-            *(run_shard(name, batch) for name, batch in single.items()),
-            *(run_multi(i) for i in multi),
-        )
+        jobs = [*(run_shard(batch) for batch in single.values()), *map(run_multi, multi)]
+        if len(jobs) == 1:
+            await jobs[0]
+        elif jobs:
+            await asyncio.gather(*jobs)
         out = [d if d is not None else _unmatched_decision() for d in decisions]
         self._check_ms["batch"].observe((time.perf_counter() - started) * 1000)
         return out
@@ -387,26 +463,50 @@ class Limiter:
         return decision
 
     def _resolve(self, request: CheckRequest, unmatched: UnmatchedPolicy) -> _Resolved:
-        snapshot = self._snapshot
-        planned = self._plan(request.tenant, request.token, request.key)
-        if not planned:
+        plan = self._plan(request.tenant, request.token, request.key)
+        if plan.groups is not None and plan.items is not None:
+            if request.cost > plan.max_cost:
+                _check_capacity(plan.items, request.cost)
+            return _Resolved(request, plan.items, plan.groups)
+        if not plan.planned:
             if unmatched is UnmatchedPolicy.ERROR:
                 raise NoMatchingRuleError(request.tenant, request.token, request.key)
-            return _Resolved(request, [])
-        factor = snapshot.throttle_factor(request.tenant)
+            return _Resolved(request, [], [])
+        items = self._items(request.tenant, plan.planned)
+        _check_capacity(items, request.cost)
+        return _Resolved(request, items, self._groups(items))
+
+    def _items(self, tenant: str, planned: tuple[_Planned, ...]) -> list[_Item]:
+        """Effective limits: throttled, and enforced or shadowed (sampled per rule)."""
+        snapshot = self._snapshot
+        factor = snapshot.throttle_factor(tenant)
         enforce_by_rule: dict[str, bool] = {}
-        resolved = _Resolved(request, [])
+        items = []
         for p in planned:
             enforce = enforce_by_rule.get(p.rule.id)
             if enforce is None:
                 enforce = self._enforced(p, snapshot.global_shadow)
                 enforce_by_rule[p.rule.id] = enforce
-            item = _Item(p, enforce, scale(p.limit.limit, factor), scale(p.limit.capacity, factor))
-            if enforce and request.cost > item.burst:
-                raise CostExceedsCapacityError(p.rule.id, p.limit.name, request.cost, item.burst)
-            resolved.items.append(item)
-            resolved.groups.setdefault(p.tag, []).append(item)
-        return resolved
+            items.append(
+                _Item(p, enforce, scale(p.limit.limit, factor), scale(p.limit.capacity, factor))
+            )
+        return items
+
+    def _groups(self, items: list[_Item]) -> list[_Group]:
+        by_tag: dict[str, list[_Item]] = {}
+        for item in items:
+            by_tag.setdefault(item.planned.tag, []).append(item)
+        groups = []
+        for tag in sorted(by_tag, key=lambda t: (not t.startswith("t:"), t)):
+            shard = self.router.shard_for(tag)
+            groups.append(_Group.of(tag, shard, self._calls_for(shard), by_tag[tag]))
+        return groups
+
+    def _calls_for(self, shard: Shard) -> CheckBatcher:
+        calls = self._calls.get(shard.name)
+        if calls is None or calls.client is not shard.client:
+            calls = self._calls[shard.name] = CheckBatcher(shard.client)
+        return calls
 
     def _enforced(self, p: _Planned, global_shadow: bool) -> bool:
         rule = p.rule
@@ -418,7 +518,10 @@ class Limiter:
             return p.sample < rule.enforce_percent
         return self._rng.random() * 100.0 < rule.enforce_percent
 
-    def _plan(self, tenant: str, token: str, key: str) -> tuple[_Planned, ...]:
+    def _plan(self, tenant: str, token: str, key: str) -> _Plan:
+        if self._plans_ring != self.router.generation:
+            self._plans.clear()  # shards changed: cached groups may name the wrong one
+            self._plans_ring = self.router.generation
         cache_key = (tenant, token, key)
         cached = self._plans.get(cache_key)
         if cached is not None:
@@ -426,7 +529,8 @@ class Limiter:
             return cached
         prefix = self.options.key_prefix
         planned: list[_Planned] = []
-        for rule in self._snapshot.rules_for(tenant, token, key):
+        rules = self._snapshot.rules_for(tenant, token, key)
+        for rule in rules:
             if rule.scope is Scope.GLOBAL:
                 tag, subject = f"g:{escape(rule.id)}", ""
             else:
@@ -455,88 +559,102 @@ class Limiter:
                         rule, limit, tag, suffix, counter_key(prefix, tag, suffix), remotes, sample
                     )
                 )
-        result = tuple(planned)
-        self._plans[cache_key] = result
+        plan = _Plan(tuple(planned))
+        sampled = any(
+            r.enforce_percent < 100.0 and r.enforce_sampling is Sampling.RANDOM for r in rules
+        )
+        if planned and not sampled:
+            # Nothing varies per request (throttle levels and the shadow switch are part of
+            # the snapshot, and a reload clears this cache): resolve once for every check.
+            plan.items = self._items(tenant, plan.planned)
+            plan.groups = self._groups(plan.items)
+            plan.max_cost = min((i.burst for i in plan.items if i.enforce), default=MAX_LIMIT)
+        self._plans[cache_key] = plan
         if len(self._plans) > self.options.plan_cache_size:
             self._plans.popitem(last=False)
-        return result
+        return plan
 
     async def _decide(self, resolved: _Resolved, *, record: bool) -> Decision:
         cost = resolved.request.cost
-        tags = sorted(resolved.groups, key=lambda t: (not t.startswith("t:"), t))
+        groups = resolved.groups
         parts: list[tuple[list[_Item], _Outcome]] = []
-        if len(tags) == 1 or cost == 0:
-            outcomes = await asyncio.gather(
-                *(self._run_group(resolved.groups[tag], cost) for tag in tags)
-            )
-            parts = list(zip((resolved.groups[t] for t in tags), outcomes, strict=True))
+        if len(groups) == 1:
+            parts = [(groups[0].items, await self._run_group(groups[0], cost))]
+        elif cost == 0:
+            outcomes = await asyncio.gather(*(self._run_group(g, cost) for g in groups))
+            parts = [(g.items, o) for g, o in zip(groups, outcomes, strict=True)]
         else:
             denied = False
-            for tag in tags:
-                items = resolved.groups[tag]
-                outcome = await self._run_group(items, cost, consume=not denied)
-                parts.append((items, outcome))
+            for group in groups:
+                outcome = await self._run_group(group, cost, consume=not denied)
+                parts.append((group.items, outcome))
                 if not outcome.all_ok and not denied:
                     denied = True
                     await self._refund(parts[:-1], cost)
         return self._finish(resolved.request, parts, record)
 
-    async def _run_group(self, items: list[_Item], cost: int, consume: bool = True) -> _Outcome:
-        shard = self.router.shard_for(items[0].planned.tag)
+    async def _run_group(self, group: _Group, cost: int, consume: bool = True) -> _Outcome:
         # After an earlier shard denied, later shards are only peeked (nothing consumed);
         # their verdicts are then for a 1-unit request and are informational.
-        (outcome,) = await self._run_on_shard(shard, [(items, cost if consume else 0)])
-        return outcome
-
-    async def _run_on_shard(
-        self, shard: Shard, batch: list[tuple[list[_Item], int]]
-    ) -> list[_Outcome]:
-        if not shard.up:
-            return [self._fallback(shard, items, cost) for items, cost in batch]
-        calls = [_script_call(items, cost) for items, cost in batch]
-        try:
-            if len(calls) == 1:
-                keys, args = calls[0]
-                replies: list[Any] = [await CHECK_SCRIPT.run(shard.client, keys, args)]
+        cost = cost if consume else 0
+        shard = group.shard
+        if shard.up:
+            try:
+                keys, args = group.keys, group.args
+                reply, at = await group.calls.submit(
+                    [keys.data],
+                    keys.count,
+                    [resp_int(cost), args.data],
+                    1 + args.count,
+                    1,
+                    group.reply_len,
+                )
+            except SHARD_UNAVAILABLE_ERRORS as exc:
+                shard.trip(exc)
             else:
-                replies = await self._pipelined(shard, calls)
-        except SHARD_UNAVAILABLE_ERRORS as exc:
-            shard.trip(exc)
-            return [self._fallback(shard, items, cost) for items, cost in batch]
-        outcomes = []
-        for (items, cost), reply in zip(batch, replies, strict=True):
-            outcome = _parse_reply(items, reply, cost)
-            if outcome.consumed:
-                for item in items:
-                    if item.planned.rule.multi_region:
-                        self._touch_region(item)
-            outcomes.append(outcome)
-        return outcomes
+                return self._redis_outcome(group, cost, reply, at)
+        return self._fallback(shard, group.items, cost)
 
-    async def _pipelined(
-        self, shard: Shard, calls: list[tuple[list[str], list[str | int]]]
-    ) -> list[Any]:
-        replies: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
-        for attempt in range(2):
-            async with shard.client.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    keys, args = calls[i]
-                    pipe.evalsha(CHECK_SCRIPT.sha, len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
-            retry = []
-            for i, result in zip(todo, results, strict=True):
-                if isinstance(result, NoScriptError) and attempt == 0:
-                    retry.append(i)
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    replies[i] = result
-            if not retry:
-                break
-            await CHECK_SCRIPT.load(shard.client)
-            todo = retry
-        return replies
+    async def _run_on_shard(self, shard: Shard, batch: list[tuple[_Group, int]]) -> list[_Outcome]:
+        """Decide single-group checks on ``shard``, in order, in script calls of up to
+        ``_CALL_DECISIONS`` decisions."""
+        if shard.up:
+            calls = batch[0][0].calls
+            chunks = [batch[i : i + _CALL_DECISIONS] for i in range(0, len(batch), _CALL_DECISIONS)]
+            futures = []
+            for chunk in chunks:
+                keys: list[bytes] = []
+                args: list[bytes] = []
+                nkeys = nargs = reply_len = 0
+                for group, cost in chunk:
+                    keys.append(group.keys.data)
+                    args += (resp_int(cost), group.args.data)
+                    nkeys += group.keys.count
+                    nargs += 1 + group.args.count
+                    reply_len += group.reply_len
+                futures.append(calls.submit(keys, nkeys, args, nargs, len(chunk), reply_len))
+            results: list[Any] = await asyncio.gather(*futures, return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is None:
+                outcomes = []
+                for chunk, (reply, at) in zip(chunks, results, strict=True):
+                    for group, cost in chunk:
+                        outcomes.append(self._redis_outcome(group, cost, reply, at))
+                        at += group.reply_len
+                return outcomes
+            if not isinstance(failed, SHARD_UNAVAILABLE_ERRORS):
+                raise failed
+            shard.trip(failed)
+        return [self._fallback(shard, group.items, cost) for group, cost in batch]
+
+    def _redis_outcome(self, group: _Group, cost: int, reply: list[Any], at: int) -> _Outcome:
+        all_ok = reply[at] == 1
+        consumed = cost > 0 and all_ok and 1 in reply[at + 1 : at + group.reply_len : LIMIT_REPLY]
+        if consumed and group.regional:
+            for item in group.items:
+                if item.planned.rule.multi_region:
+                    self._touch_region(item)
+        return _Outcome(all_ok, float(reply[0]), consumed, reply, at)
 
     def _fallback(self, shard: Shard, items: list[_Item], cost: int) -> _Outcome:
         local = self._fallbacks.setdefault(
@@ -581,7 +699,7 @@ class Limiter:
             for i, evaluation in zip(local_idx, local_evals, strict=True):
                 evaluations[i] = evaluation
         done = [e if e is not None else Evaluation(True, 0, 0.0, 0) for e in evaluations]
-        return _Outcome(all_ok, done, sources, [0] * len(items), now, consumed=False)
+        return _Outcome(all_ok, now, False, evaluations=done, sources=sources)
 
     async def _refund(self, parts: list[tuple[list[_Item], _Outcome]], cost: int) -> None:
         for items, outcome in parts:
@@ -589,13 +707,12 @@ class Limiter:
                 continue  # fallback consumption is not refunded: errs toward denying
             keys: list[str] = []
             args: list[str | int] = [cost, 0]
-            for item, evaluation, slot in zip(
-                items, outcome.evaluations, outcome.slots, strict=True
-            ):
-                if not evaluation.allowed:
+            reply, at = outcome.reply, outcome.at
+            for i, item in enumerate(items):
+                if reply is None or reply[at + 1 + LIMIT_REPLY * i] != 1:
                     continue
                 keys.append(item.planned.key)
-                args += [_algo_code(item), item.limit, item.window_us, slot]
+                args += [_algo_code(item), item.limit, item.window_us, outcome.slot(i)]
             args[1] = len(keys)
             shard = self.router.shard_for(items[0].planned.tag)
             try:
@@ -613,50 +730,67 @@ class Limiter:
         parts: list[tuple[list[_Item], _Outcome]],
         record: bool,
     ) -> Decision:
+        # One pass over the limits, reading Redis verdicts straight from the script's reply.
         results: list[LimitResult] = []
-        allowed = True
+        denied: list[LimitResult] = []
+        would_deny: list[LimitResult] = []
+        longest: LimitResult | None = None  # the denied limit with the longest wait
+        least: LimitResult | None = None  # the enforced limit with the least remaining
         degraded = False
         now_us = 0.0
         for items, outcome in parts:
-            allowed = allowed and outcome.all_ok
-            now_us = max(now_us, outcome.now_us)
-            for item, evaluation, source in zip(
-                items, outcome.evaluations, outcome.sources, strict=True
-            ):
-                degraded = degraded or source is not Source.REDIS
+            if outcome.now_us > now_us:
+                now_us = outcome.now_us
+            reply = outcome.reply
+            at = outcome.at + 1
+            for i, item in enumerate(items):
                 lim = item.planned.limit
-                results.append(
-                    LimitResult(
-                        rule_id=item.planned.rule.id,
-                        limit_name=lim.name,
-                        mode=Mode.ENFORCE if item.enforce else Mode.SHADOW,
-                        allowed=evaluation.allowed,
-                        remaining=evaluation.remaining,
-                        retry_after_ms=_ceil_ms(evaluation.retry_us),
-                        used=evaluation.used,
-                        limit=item.limit,
-                        window_ms=lim.window_ms,
-                        source=source,
-                    )
+                if reply is not None:
+                    allowed = reply[at] == 1
+                    remaining = int(reply[at + 1])
+                    retry_us = reply[at + 2]
+                    used = int(reply[at + 3])
+                    source = Source.REDIS
+                    at += LIMIT_REPLY
+                else:
+                    assert outcome.evaluations is not None and outcome.sources is not None
+                    evaluation = outcome.evaluations[i]
+                    allowed = evaluation.allowed
+                    remaining = evaluation.remaining
+                    retry_us = evaluation.retry_us
+                    used = evaluation.used
+                    source = outcome.sources[i]
+                    degraded = degraded or source is not Source.REDIS
+                result = LimitResult(
+                    item.planned.rule.id,
+                    lim.name,
+                    Mode.ENFORCE if item.enforce else Mode.SHADOW,
+                    allowed,
+                    remaining,
+                    0 if retry_us <= 0 else math.ceil(retry_us / 1000),
+                    used,
+                    item.limit,
+                    lim.window_ms,
+                    source,
                 )
-        enforced = [r for r in results if r.mode is Mode.ENFORCE]
-        denied = [r for r in enforced if not r.allowed]
-        would_deny = [r for r in results if r.mode is Mode.SHADOW and not r.allowed]
-        deciding: LimitResult | None
-        if denied:
-            allowed = False
-            deciding = max(denied, key=lambda r: r.retry_after_ms)
-            retry_after_ms = max(1, deciding.retry_after_ms)
-        else:
-            allowed = True
-            retry_after_ms = 0
-            deciding = min(enforced, key=lambda r: r.remaining) if enforced else None
-        pool = enforced or results
-        remaining = min(r.remaining for r in pool)
-        if record:
+                results.append(result)
+                if not item.enforce:
+                    if not allowed:
+                        would_deny.append(result)
+                    continue
+                if least is None or remaining < least.remaining:
+                    least = result
+                if not allowed:
+                    denied.append(result)
+                    if longest is None or result.retry_after_ms > longest.retry_after_ms:
+                        longest = result
+        deciding = longest or least
+        retry_after_ms = max(1, longest.retry_after_ms) if longest else 0
+        remaining = least.remaining if least else min(r.remaining for r in results)
+        if record and (denied or would_deny):
             self._record(request, denied, would_deny, now_us)
         return Decision(
-            allowed=allowed,
+            allowed=not denied,
             retry_after_ms=retry_after_ms,
             remaining=remaining,
             deciding=deciding.ref if deciding else None,
@@ -832,7 +966,19 @@ class Limiter:
             shard.trip(exc)
 
 
-def _validate(request: CheckRequest, prefix: str) -> None:
+def _validate(request: CheckRequest, index: int | None = None) -> None:
+    tenant, token, key, cost = request.tenant, request.token, request.key, request.cost
+    if (
+        type(tenant) is str
+        and 0 < len(tenant) <= MAX_ID_LENGTH
+        and type(token) is str
+        and len(token) <= MAX_KEY_LENGTH
+        and type(key) is str
+        and len(key) <= MAX_KEY_LENGTH
+        and type(cost) is int
+        and 0 <= cost <= MAX_LIMIT
+    ):
+        return  # the usual case, without building the list of violations
     violations = []
     if not isinstance(request.tenant, str) or not request.tenant:
         violations.append(("tenant", "must not be empty"))
@@ -851,6 +997,7 @@ def _validate(request: CheckRequest, prefix: str) -> None:
     elif cost > MAX_LIMIT:
         violations.append(("cost", f"must be at most {MAX_LIMIT}"))
     if violations:
+        prefix = "" if index is None else f"requests[{index}]."
         found = [FieldViolation(prefix + f, d) for f, d in violations]
         raise InvalidArgumentError("; ".join(f"{v.field}: {v.description}" for v in found), found)
 
@@ -864,42 +1011,11 @@ def _algo_code(item: _Item) -> int:
     return 0 if item.planned.limit.algorithm is Algorithm.GCRA else 1
 
 
-def _script_call(items: list[_Item], cost: int) -> tuple[list[str], list[str | int]]:
-    keys: list[str] = []
-    args: list[str | int] = [cost, len(items)]
+def _check_capacity(items: list[_Item], cost: int) -> None:
     for item in items:
-        lim = item.planned.limit
-        keys.append(item.planned.key)
-        keys.extend(item.planned.remote_keys)
-        args += [
-            _algo_code(item),
-            item.limit,
-            item.window_us,
-            item.burst,
-            lim.sub_windows,
-            1 if item.enforce else 0,
-            len(item.planned.remote_keys),
-        ]
-    return keys, args
-
-
-def _parse_reply(items: list[_Item], reply: list[int], cost: int) -> _Outcome:
-    all_ok = reply[0] == 1
-    evaluations: list[Evaluation] = []
-    slots: list[int] = []
-    consumed = False
-    for i in range(len(items)):
-        ok, remaining, retry_us, used, slot = reply[2 + 5 * i : 7 + 5 * i]
-        evaluations.append(Evaluation(ok == 1, int(remaining), float(retry_us), int(used)))
-        slots.append(int(slot))
-        consumed = consumed or (cost > 0 and all_ok and ok == 1)
-    return _Outcome(
-        all_ok, evaluations, [Source.REDIS] * len(items), slots, float(reply[1]), consumed
-    )
-
-
-def _ceil_ms(us: float) -> int:
-    return 0 if us <= 0 else math.ceil(us / 1000)
+        if item.enforce and cost > item.burst:
+            lim = item.planned.limit
+            raise CostExceedsCapacityError(item.planned.rule.id, lim.name, cost, item.burst)
 
 
 def _unmatched_decision() -> Decision:

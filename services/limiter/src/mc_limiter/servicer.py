@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -27,18 +27,19 @@ Ctx = Any  # grpc.aio.ServicerContext; the interceptors own status handling
 
 def authorize_tenant(requested: str, field: str = "tenant") -> None:
     """A caller checks for its own tenant; operators and mesh services may check for any."""
+    if _own_tenant_only() and requested != require_tenant():
+        _mismatch(field)
+
+
+def _own_tenant_only() -> bool:
     principal = current_principal()
-    if principal is not None and (principal.is_operator or principal.kind == "service"):
-        return
-    if requested != require_tenant():
-        raise PermissionDenied(
-            f"{field}: a tenant may only check its own limits", reason="TENANT_MISMATCH"
-        )
+    return principal is None or not (principal.is_operator or principal.kind == "service")
 
 
-def _check_request(message: svc.CheckRequest, field: str) -> CheckRequest:
-    authorize_tenant(message.tenant, field)
-    return CheckRequest(message.tenant, message.token, message.key, message.cost)
+def _mismatch(field: str) -> NoReturn:
+    raise PermissionDenied(
+        f"{field}: a tenant may only check its own limits", reason="TENANT_MISMATCH"
+    )
 
 
 class LimiterServicer(svc_grpc.LimiterServiceServicer):
@@ -57,9 +58,13 @@ class LimiterServicer(svc_grpc.LimiterServiceServicer):
     async def CheckBatch(
         self, request: svc.CheckBatchRequest, context: Ctx
     ) -> svc.CheckBatchResponse:
-        checks = [
-            _check_request(item, f"checks[{i}].tenant") for i, item in enumerate(request.checks)
-        ]
+        items = request.checks
+        if _own_tenant_only():
+            tenant = require_tenant()
+            for i, item in enumerate(items):
+                if item.tenant != tenant:
+                    _mismatch(f"checks[{i}].tenant")
+        checks = [CheckRequest(c.tenant, c.token, c.key, c.cost) for c in items]
         decisions = await self._limiter.check_batch(checks)
         return svc.CheckBatchResponse(results=[convert.check_response(d) for d in decisions])
 

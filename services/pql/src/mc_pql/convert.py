@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from mc.pql.v1 import provenance_pb2 as pb
 from mc_common.errors import FieldViolation, InvalidArgument
 from mc_common.receipts import (
-    Cost,
-    PackageRef,
-    PolicyDecision,
     ReceiptBody,
     ReceiptStatement,
-    Step,
-    StepOutput,
     Subject,
-    Timing,
     rfc3339_sort_key,
     utc_timestamp,
+    utc_timestamp_at,
 )
-from mc_pql.models import DecisionRecord, ExecutionRecord, SigningKeyRecord, Verification
-from mc_pql.provenance import ContentSubmission, StoredReceipt, now_utc
+from mc_pql.models import (
+    DecisionRecord,
+    ExecutionRecord,
+    SigningKeyRecord,
+    StoredReceipt,
+    Verification,
+)
+from mc_pql.provenance import ContentSubmission
 
 
 def _dt(ts: Timestamp) -> datetime:
@@ -37,9 +40,11 @@ def _opt_dt(message: object, name: str) -> datetime | None:
 def _ts(value: datetime | None) -> Timestamp | None:
     if value is None:
         return None
-    out = Timestamp()
-    out.FromDatetime(value.astimezone(UTC))
-    return out
+    since = value - _EPOCH  # timedelta arithmetic: cheaper than Timestamp.FromDatetime
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _ts_from_text(value: str) -> Timestamp:
@@ -63,55 +68,88 @@ def _violations(prefix: str, exc: ValidationError) -> list[FieldViolation]:
 def content_to_submission(
     tenant: str, content: pb.ReceiptContent, prefix: str
 ) -> ContentSubmission:
-    """Build the receipt body the service will sign; model errors become field violations."""
+    """Build the receipt body the service will sign; model errors become field violations.
+
+    The body is validated once, as a whole, from plain data (pydantic's core walks it in one
+    call), so every broken rule is reported with its full path.
+    """
+    violations: list[FieldViolation] = []
     try:
-        body = ReceiptBody(
-            tenant=tenant,
-            execution_id=content.execution_id,
-            package=PackageRef(
-                name=content.package.name,
-                version=content.package.version,
-                digest=content.package.digest,
-            ),
-            steps=[
-                Step(
-                    name=s.name,
-                    status=s.status,  # type: ignore[arg-type]
-                    started_at=utc_timestamp(_dt(s.started_at)),
-                    finished_at=utc_timestamp(_dt(s.finished_at)),
-                    outputs=[StepOutput(name=o.name, sha256=o.sha256) for o in s.outputs],
-                )
-                for s in content.steps
-            ],
-            policy_decisions=[
-                PolicyDecision(
-                    decision_id=d.decision_id,
-                    policy=d.policy,
-                    rule=d.rule,
-                    allow=d.allow,
-                    reason=d.reason,
-                )
-                for d in content.policy_decisions
-            ],
-            cost=Cost(currency=content.cost.currency, amount_micros=content.cost.amount_micros),
-            timing=Timing(
-                started_at=utc_timestamp(_dt(content.started_at)),
-                finished_at=utc_timestamp(_dt(content.finished_at)),
-            ),
-            region=content.region,
-            recorded_at=utc_timestamp(now_utc()),
-        )
-        subjects = tuple(
-            Subject(name=s.name, digest={"sha256": s.sha256}) for s in content.subjects
-        )
+        body = ReceiptBody.model_validate(_body_data(tenant, content))
     except ValidationError as exc:
-        violations = _violations(prefix, exc)
+        violations += _violations(prefix, exc)
+    subjects: list[Subject] = []
+    try:
+        if content.subjects:
+            subjects = _SUBJECTS.validate_python(
+                [{"name": s.name, "digest": {"sha256": s.sha256}} for s in content.subjects]
+            )
+    except ValidationError as exc:
+        violations += _violations(f"{prefix}.subjects", exc)
+    if violations:
         raise InvalidArgument(
             "invalid receipt content: "
             + "; ".join(f"{v.field}: {v.description}" for v in violations),
             violations,
-        ) from exc
-    return ContentSubmission(body, subjects)
+        )
+    return ContentSubmission(body, tuple(subjects))
+
+
+_SUBJECTS = TypeAdapter(list[Subject])
+
+
+def _body_data(tenant: str, content: pb.ReceiptContent) -> dict[str, Any]:
+    package, cost = content.package, content.cost
+    return {
+        "tenant": tenant,
+        "execution_id": content.execution_id,
+        "package": {"name": package.name, "version": package.version, "digest": package.digest},
+        "steps": [
+            {
+                "name": s.name,
+                "status": s.status,
+                "started_at": receipt_time(s.started_at),
+                "finished_at": receipt_time(s.finished_at),
+                "outputs": [{"name": o.name, "sha256": o.sha256} for o in s.outputs],
+            }
+            for s in content.steps
+        ],
+        "policy_decisions": [
+            {
+                "decision_id": d.decision_id,
+                "policy": d.policy,
+                "rule": d.rule,
+                "allow": d.allow,
+                "reason": d.reason,
+            }
+            for d in content.policy_decisions
+        ],
+        "cost": {"currency": cost.currency, "amount_micros": cost.amount_micros},
+        "timing": {
+            "started_at": receipt_time(content.started_at),
+            "finished_at": receipt_time(content.finished_at),
+        },
+        "region": content.region,
+        "recorded_at": _now_text(),
+    }
+
+
+# Seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range `datetime` can hold.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def receipt_time(ts: Timestamp) -> str:
+    """`utc_timestamp(ts.ToDatetime())` (microseconds, truncated) without making a datetime."""
+    seconds, nanos = ts.seconds, ts.nanos
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+        return utc_timestamp(_dt(ts))  # out of range: fail (or not) exactly as before
+    return utc_timestamp_at(seconds, nanos // 1000)
+
+
+def _now_text() -> str:
+    """`utc_timestamp(now_utc())`."""
+    now = time.time_ns() // 1000
+    return utc_timestamp_at(now // 1_000_000, now % 1_000_000)
 
 
 def statement_to_content(statement: ReceiptStatement) -> pb.ReceiptContent:
@@ -161,8 +199,14 @@ def verification_to_proto(verification: Verification) -> pb.VerificationStatus:
     )
 
 
-def receipt_to_proto(stored: StoredReceipt) -> pb.Receipt:
-    """The receipt as served; content only when it verified, so nothing invalid looks valid."""
+def receipt_to_proto(
+    stored: StoredReceipt, request_content: pb.ReceiptContent | None = None
+) -> pb.Receipt:
+    """The receipt as served; content only when it verified, so nothing invalid looks valid.
+
+    `request_content` is the content the receipt was just signed from, if it was: the served
+    content is then made from it instead of from the statement, which costs half as much.
+    """
     row = stored.row
     out = pb.Receipt(
         digest=row.digest,
@@ -177,8 +221,30 @@ def receipt_to_proto(stored: StoredReceipt) -> pb.Receipt:
         verification=verification_to_proto(stored.verification),
     )
     if stored.statement is not None:
-        out.content.CopyFrom(statement_to_content(stored.statement))
+        if request_content is None:
+            out.content.CopyFrom(statement_to_content(stored.statement))
+        else:
+            _signed_content(out.content, request_content, stored.statement)
     return out
+
+
+def _signed_content(
+    out: pb.ReceiptContent, request: pb.ReceiptContent, statement: ReceiptStatement
+) -> None:
+    """Set `out` to `statement_to_content(statement)`, `statement` being just signed from
+    `request` by `content_to_submission`: every field is the request's (timestamps truncated to
+    microseconds, as signed) except the subjects, which are the signed ones."""
+    out.CopyFrom(request)
+    out.DiscardUnknownFields()  # type: ignore[attr-defined]  # (missing from the stubs)
+    for step in out.steps:
+        step.started_at.nanos -= step.started_at.nanos % 1000
+        step.finished_at.nanos -= step.finished_at.nanos % 1000
+    out.started_at.nanos -= out.started_at.nanos % 1000
+    out.finished_at.nanos -= out.finished_at.nanos % 1000
+    del out.subjects[:]
+    out.subjects.extend(
+        pb.Subject(name=s.name, sha256=s.digest.get("sha256", "")) for s in statement.subject
+    )
 
 
 def execution_from_proto(message: pb.Execution) -> ExecutionRecord:

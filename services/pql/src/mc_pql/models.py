@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from mc_common.receipts import ReceiptStatement
+
 
 @dataclass(frozen=True, slots=True)
 class ExecutionRecord:
@@ -85,3 +87,12 @@ class Verification:
     @property
     def valid(self) -> bool:
         return not self.failures
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReceipt:
+    """A receipt as read: the row, the verified statement (None if invalid), the result."""
+
+    row: ReceiptRow
+    statement: ReceiptStatement | None
+    verification: Verification

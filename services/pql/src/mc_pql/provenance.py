@@ -7,12 +7,10 @@ Nothing read from the database is trusted: each receipt is verified as it is rea
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import functools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,10 +25,8 @@ from mc_common.receipts import (
     ReceiptBody,
     ReceiptStatement,
     Subject,
-    build_receipt,
     canonical_digest,
     sha256_hex,
-    sign_receipt,
     utc_timestamp,
     verify_chain,
     verify_receipt,
@@ -43,6 +39,7 @@ from mc_common.signing import (
     Signer,
     verify_envelope_detailed,
 )
+from mc_pql.chain_writer import ChainWriter, PreparedReceipt
 from mc_pql.client_statement import (
     CLIENT_SUBJECT,
     ClientStatementError,
@@ -54,9 +51,10 @@ from mc_pql.models import (
     Failure,
     ReceiptRow,
     SigningKeyRecord,
+    StoredReceipt,
     Verification,
 )
-from mc_pql.store import ChainHead, ProvenanceStore
+from mc_pql.store import ProvenanceStore
 
 DEFAULT_PAGE_SIZE = 50
 CHAIN_PAGE = 1000
@@ -81,15 +79,6 @@ Submission = ContentSubmission | SignedSubmission
 
 
 @dataclass(frozen=True, slots=True)
-class StoredReceipt:
-    """A receipt as read: the row, the verified statement (None if invalid), the result."""
-
-    row: ReceiptRow
-    statement: ReceiptStatement | None
-    verification: Verification
-
-
-@dataclass(frozen=True, slots=True)
 class ChainVerification:
     """The result of verifying a tenant's whole chain."""
 
@@ -97,27 +86,6 @@ class ChainVerification:
     receipts_checked: int
     first_broken_sequence: int
     head_digest: str
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """A submission made ready to chain: its body, subjects and client attestation."""
-
-    body: ReceiptBody
-    subjects: list[Subject] | None
-    client_envelope: bytes | None = None
-    client_key_id: str | None = None
-
-
-@dataclass(slots=True)
-class _PendingAppend:
-    """One caller's receipts waiting for the tenant's chain writer."""
-
-    items: list[_Prepared]
-    done: asyncio.Future[list[StoredReceipt]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    signed: list[StoredReceipt] = field(default_factory=list)
 
 
 def now_utc() -> datetime:
@@ -160,9 +128,7 @@ class Provenance:
         self._store = store
         self._signer = signer
         self._service_keys = KeyRing([PublicKey.from_pem(signer.public_key_pem()), *trusted_keys])
-        self._max_batch = max_batch
-        self._queue: list[tuple[str, _PendingAppend]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writer = ChainWriter(store, signer, max_batch=max_batch)
 
     # -- executions --------------------------------------------------------------------------
 
@@ -217,20 +183,16 @@ class Provenance:
             self._prepare(tenant, index, len(submissions), item, keyring)
             for index, item in enumerate(submissions)
         ]
-        pending = _PendingAppend(prepared)
-        self._queue.append((tenant, pending))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain(), name="pql-chain-writer")
-        return await pending.done
+        return await self._writer.append(tenant, prepared)
 
     def _prepare(
         self, tenant: str, index: int, count: int, item: Submission, keyring: KeyRing
-    ) -> _Prepared:
+    ) -> PreparedReceipt:
         prefix = f"receipts[{index}]." if count > 1 else ""
         if isinstance(item, ContentSubmission):
             if item.body.tenant != tenant:
                 raise PermissionDenied("receipt content names another tenant")
-            return _Prepared(item.body, list(item.subjects) or None)
+            return PreparedReceipt(item.body, list(item.subjects) or None)
         field_name = f"{prefix}signed_envelope"
         try:
             envelope = Envelope.from_json(item.envelope)
@@ -256,66 +218,12 @@ class Provenance:
         client_subject = Subject(
             name=CLIENT_SUBJECT, digest={"sha256": sha256_hex(verified.payload)}
         )
-        return _Prepared(
+        return PreparedReceipt(
             body.model_copy(update={"recorded_at": utc_timestamp(now_utc())}),
             [*subjects, client_subject],
             client_envelope=item.envelope,
             client_key_id=verified.key_ids[0],
         )
-
-    async def _drain(self) -> None:
-        """The single chain writer: appends whatever is queued, one transaction per round."""
-        queue = self._queue
-        while queue:
-            group: dict[str, list[_PendingAppend]] = {}
-            count = 0
-            while queue and (not group or count + len(queue[0][1].items) <= self._max_batch):
-                tenant, pending = queue.pop(0)
-                group.setdefault(tenant, []).append(pending)
-                count += len(pending.items)
-            builds = {
-                tenant: functools.partial(self._chain, tenant, group=pendings)
-                for tenant, pendings in group.items()
-            }
-            waiters = [p for pendings in group.values() for p in pendings]
-            try:
-                await self._store.append_receipts(builds)
-            except Exception as exc:  # every waiter of the round sees the failure
-                for pending in waiters:
-                    if not pending.done.done():
-                        pending.done.set_exception(exc)
-                continue
-            for pending in waiters:
-                if not pending.done.done():
-                    pending.done.set_result(pending.signed)
-
-    async def _chain(
-        self, tenant: str, head: ChainHead, *, group: list[_PendingAppend]
-    ) -> list[ReceiptRow]:
-        previous = None if head is None else ChainLink(tenant, head[0], head[1])
-        recorded = now_utc()
-        rows = []
-        for pending in group:
-            pending.signed = []  # a retried build starts over
-            for item in pending.items:
-                statement = build_receipt(item.body, previous, subjects=item.subjects)
-                signed = sign_receipt(statement, self._signer)
-                row = ReceiptRow(
-                    tenant=tenant,
-                    sequence=signed.link.sequence,
-                    digest=signed.link.digest,
-                    previous_digest=statement.predicate.previous_digest,
-                    execution_id=item.body.execution_id,
-                    envelope=signed.envelope.to_json().encode(),
-                    signer_key_id=self._signer.key_id,
-                    client_envelope=item.client_envelope,
-                    client_key_id=item.client_key_id,
-                    recorded_at=recorded,
-                )
-                rows.append(row)
-                pending.signed.append(StoredReceipt(row, statement, Verification()))
-                previous = signed.link
-        return rows
 
     # -- receipts: read path -----------------------------------------------------------------
 

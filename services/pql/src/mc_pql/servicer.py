@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mc.pql.v1 import provenance_pb2 as pb
 from mc.pql.v1 import provenance_service_pb2 as svc
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common.tenancy import require_tenant
@@ -19,6 +20,11 @@ def _submission(tenant: str, request: svc.RecordReceiptRequest, prefix: str) -> 
     if request.WhichOneof("receipt") == "signed_envelope":
         return SignedSubmission(request.signed_envelope)
     return convert.content_to_submission(tenant, request.content, f"{prefix}content")
+
+
+def _signed_from(request: svc.RecordReceiptRequest) -> pb.ReceiptContent | None:
+    """The content the service signed a receipt from (None when the client signed it)."""
+    return request.content if request.WhichOneof("receipt") == "content" else None
 
 
 class ProvenanceServicer(svc_grpc.ProvenanceServiceServicer):
@@ -56,7 +62,9 @@ class ProvenanceServicer(svc_grpc.ProvenanceServiceServicer):
     ) -> svc.RecordReceiptResponse:
         tenant = require_tenant()
         [stored] = await self._p.record_receipts(tenant, [_submission(tenant, request, "")])
-        return svc.RecordReceiptResponse(receipt=convert.receipt_to_proto(stored))
+        return svc.RecordReceiptResponse(
+            receipt=convert.receipt_to_proto(stored, _signed_from(request))
+        )
 
     async def RecordReceipts(
         self, request: svc.RecordReceiptsRequest, context: Ctx
@@ -66,7 +74,12 @@ class ProvenanceServicer(svc_grpc.ProvenanceServiceServicer):
             _submission(tenant, item, f"receipts[{i}].") for i, item in enumerate(request.receipts)
         ]
         stored = await self._p.record_receipts(tenant, submissions)
-        return svc.RecordReceiptsResponse(receipts=[convert.receipt_to_proto(s) for s in stored])
+        return svc.RecordReceiptsResponse(
+            receipts=[
+                convert.receipt_to_proto(s, _signed_from(item))
+                for s, item in zip(stored, request.receipts, strict=True)
+            ]
+        )
 
     async def GetReceipt(
         self, request: svc.GetReceiptRequest, context: Ctx

@@ -1,13 +1,14 @@
 """Postgres storage of the provenance service. Every query is scoped by tenant first.
 
 Receipts are only ever inserted (the database refuses UPDATE/DELETE). Appends to a tenant's
-chain run under a transaction-scoped advisory lock on the tenant, so replicas never fork a chain.
+chain run under a transaction-scoped advisory lock on the tenant, so replicas never fork a chain
+(see `mc_pql.chain_store`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,9 +16,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from mc_pql.chain_store import ChainAppender, appender
 from mc_pql.models import DecisionRecord, ExecutionRecord, ReceiptRow, SigningKeyRecord
-
-ChainHead = tuple[int, str] | None  # (sequence, digest) of the tenant's last receipt
 
 
 def _execution(row: dict[str, Any]) -> ExecutionRecord:
@@ -139,57 +139,9 @@ class ProvenanceStore:
 
     # -- receipts ----------------------------------------------------------------------------
 
-    async def append_receipts(
-        self,
-        builds: Mapping[str, Callable[[ChainHead], Awaitable[Sequence[ReceiptRow]]]],
-    ) -> list[ReceiptRow]:
-        """Append receipts to several tenants' chains in one transaction (one commit).
-
-        For each tenant, in sorted order (so concurrent writers never deadlock), the tenant's
-        advisory lock is taken, its chain head read, and `builds[tenant](head)` returns the
-        rows to insert, chained from that head. The locks are held until commit, so writers in
-        this process or in other replicas serialize per tenant and never fork a chain.
-        """
-        rows: list[ReceiptRow] = []
-        async with self._pool.connection() as conn, conn.transaction():
-            async with conn.cursor() as cur:
-                for tenant in sorted(builds):
-                    await cur.execute(
-                        "SELECT pg_advisory_xact_lock(hashtextextended('mc.pql.chain:' || %s, 0))",
-                        (tenant,),
-                    )
-                    rows += await builds[tenant](await self._head(conn, tenant))
-                await cur.executemany(
-                    f"INSERT INTO receipts ({_RECEIPT_COLUMNS}) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [
-                        (
-                            r.tenant,
-                            r.sequence,
-                            r.digest,
-                            r.previous_digest,
-                            r.execution_id,
-                            r.envelope,
-                            r.signer_key_id,
-                            r.client_envelope,
-                            r.client_key_id,
-                            r.recorded_at,
-                        )
-                        for r in rows
-                    ],
-                )
-        return rows
-
-    @staticmethod
-    async def _head(conn: AsyncConnection[Any], tenant: str) -> ChainHead:
-        async with conn.cursor() as cur:
-            await cur.execute(
-                "SELECT sequence, digest FROM receipts WHERE tenant = %s "
-                "ORDER BY sequence DESC LIMIT 1",
-                (tenant,),
-            )
-            row = await cur.fetchone()
-            return None if row is None else (int(row[0]), str(row[1]))
+    def chain_appender(self) -> contextlib.AbstractAsyncContextManager[ChainAppender]:
+        """A connection for a chain writer's appends (see `mc_pql.chain_store`)."""
+        return appender(self._pool)
 
     async def get_receipt(self, tenant: str, digest: str) -> ReceiptRow | None:
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:

@@ -45,6 +45,7 @@ from mc_common.receipts.model import (
     default_subjects,
     rfc3339_sort_key,
     utc_timestamp,
+    utc_timestamp_at,
 )
 from mc_common.receipts.verify import (
     ChainCheck,
@@ -98,6 +99,7 @@ __all__ = [
     "sha256_hex",
     "sign_receipt",
     "utc_timestamp",
+    "utc_timestamp_at",
     "verify_chain",
     "verify_receipt",
 ]

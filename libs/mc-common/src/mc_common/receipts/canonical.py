@@ -13,6 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
+from pydantic_core import PydanticSerializationError, to_json
+
 from mc_common.receipts.errors import CanonicalizationError, FloatNotAllowedError, JsonFormatError
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -29,16 +31,19 @@ def canonicalize(value: object) -> bytes:
     ``FloatNotAllowedError`` for floats and ``CanonicalizationError`` for anything else
     (unsafe integers, lone surrogates, non-string keys, other types).
     """
-    if _check_plain(value):
-        # Fast path (C json encoder): for plain dicts whose keys sort the same by code point
-        # and by UTF-16 code unit, json.dumps with these options *is* RFC 8785.
-        text = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    else:
-        parts: list[str] = []
-        _write(value, parts, "$")
-        text = "".join(parts)
+    plain = _sorted_plain(value)
+    if plain is not _NOT_PLAIN:
+        # Fast path: for plain values whose keys sort the same by code point and by UTF-16
+        # code unit, pydantic-core's JSON writer (serde_json: no whitespace, raw UTF-8,
+        # ECMAScript escapes) on the key-sorted copy *is* RFC 8785.
+        try:
+            return to_json(plain)
+        except PydanticSerializationError:
+            pass  # a lone surrogate: the general writer names it
+    parts: list[str] = []
+    _write(value, parts, "$")
     try:
-        return text.encode("utf-8")
+        return "".join(parts).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise CanonicalizationError(
             f"string is not valid Unicode (lone surrogate?): {exc}"
@@ -93,23 +98,44 @@ def is_canonical(data: bytes) -> bool:
 _UTF16_ORDER_DIFFERS = "\ud800"  # keys with any char >= U+D800 may sort differently in UTF-16
 
 
-def _check_plain(value: object) -> bool:
-    """True when the fast path gives the right bytes; False when the general writer must run
-    (it also produces the precise error for an invalid value)."""
-    if value is None or value is True or value is False or type(value) is str:
-        return True
-    if type(value) is int:
-        return -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
-    if type(value) is dict:
-        for key, item in value.items():
+_NOT_PLAIN: Any = object()
+
+
+def _sorted_plain(value: Any) -> Any:
+    """A copy of ``value`` with every object's members in sorted order, or ``_NOT_PLAIN`` when
+    the fast path would not give the right bytes (the general writer then runs, and produces
+    the precise error for an invalid value)."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int:
+        return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else _NOT_PLAIN
+    if kind is dict:
+        try:
+            keys = sorted(value)
+        except TypeError:  # keys of types that do not compare
+            return _NOT_PLAIN
+        out = {}
+        for key in keys:
             if type(key) is not str or not (key.isascii() or max(key) < _UTF16_ORDER_DIFFERS):
-                return False
-            if not _check_plain(item):
-                return False
-        return True
-    if type(value) is list or type(value) is tuple:
-        return all(_check_plain(item) for item in value)
-    return False
+                return _NOT_PLAIN
+            item = value[key]
+            if type(item) is not str:
+                item = _sorted_plain(item)
+                if item is _NOT_PLAIN:
+                    return _NOT_PLAIN
+            out[key] = item
+        return out
+    if kind is list or kind is tuple:
+        items = []
+        for item in value:
+            if type(item) is not str:
+                item = _sorted_plain(item)
+                if item is _NOT_PLAIN:
+                    return _NOT_PLAIN
+            items.append(item)
+        return items
+    return _NOT_PLAIN
 
 
 def _write(value: object, out: list[str], path: str) -> None:

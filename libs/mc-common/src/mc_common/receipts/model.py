@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
 
@@ -57,6 +58,22 @@ def utc_timestamp(moment: datetime) -> str:
     if utc.microsecond:
         text += f".{utc.microsecond:06d}"
     return text + "Z"
+
+
+@functools.lru_cache(maxsize=4096)  # receipts recorded together share their minutes
+def _utc_minute(minutes: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:", time.gmtime(minutes * 60))
+
+
+_TWO_DIGITS = [f"{n:02d}" for n in range(60)]
+
+
+def utc_timestamp_at(seconds: int, microseconds: int = 0) -> str:
+    """``utc_timestamp`` of the instant ``seconds`` + ``microseconds`` after the Unix epoch,
+    without making a datetime (years 1 to 9999, like datetime; ``0 <= microseconds < 10**6``)."""
+    minutes, second = divmod(seconds, 60)
+    text = _utc_minute(minutes) + _TWO_DIGITS[second]
+    return f"{text}.{microseconds:06d}Z" if microseconds else f"{text}Z"
 
 
 def _check_rfc3339(value: str) -> str:
