@@ -27,7 +27,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -39,6 +39,7 @@ from mc_limiter.decisions import (
     UNLIMITED,
     CheckRequest,
     Decision,
+    LimitRef,
     LimitResult,
     Source,
 )
@@ -149,10 +150,21 @@ class _Item:
     enforce: bool
     limit: int
     burst: int
+    # Copied from ``planned`` for the hot path (``_finish`` reads them for every check).
+    rule_id: str = field(init=False)
+    name: str = field(init=False)
+    mode: Mode = field(init=False)
+    window_ms: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rule_id = self.planned.rule.id
+        self.name = self.planned.limit.name
+        self.mode = Mode.ENFORCE if self.enforce else Mode.SHADOW
+        self.window_ms = self.planned.limit.window_ms
 
     @property
     def window_us(self) -> int:
-        return self.planned.limit.window_ms * 1000
+        return self.window_ms * 1000
 
 
 @dataclass(slots=True)
@@ -730,74 +742,83 @@ class Limiter:
         parts: list[tuple[list[_Item], _Outcome]],
         record: bool,
     ) -> Decision:
-        # One pass over the limits, reading Redis verdicts straight from the script's reply.
+        # Redis verdicts are read straight from the script's reply.
         results: list[LimitResult] = []
-        denied: list[LimitResult] = []
-        would_deny: list[LimitResult] = []
-        longest: LimitResult | None = None  # the denied limit with the longest wait
-        least: LimitResult | None = None  # the enforced limit with the least remaining
         degraded = False
         now_us = 0.0
         for items, outcome in parts:
             if outcome.now_us > now_us:
                 now_us = outcome.now_us
             reply = outcome.reply
-            at = outcome.at + 1
-            for i, item in enumerate(items):
-                lim = item.planned.limit
-                if reply is not None:
-                    allowed = reply[at] == 1
-                    remaining = int(reply[at + 1])
+            if reply is not None:
+                at = outcome.at + 1
+                for item in items:
                     retry_us = reply[at + 2]
-                    used = int(reply[at + 3])
-                    source = Source.REDIS
+                    results.append(
+                        LimitResult(
+                            item.rule_id,
+                            item.name,
+                            item.mode,
+                            reply[at] == 1,
+                            reply[at + 1],
+                            0 if retry_us <= 0 else -(-retry_us // 1000),
+                            reply[at + 3],
+                            item.limit,
+                            item.window_ms,
+                            Source.REDIS,
+                        )
+                    )
                     at += LIMIT_REPLY
-                else:
-                    assert outcome.evaluations is not None and outcome.sources is not None
-                    evaluation = outcome.evaluations[i]
-                    allowed = evaluation.allowed
-                    remaining = evaluation.remaining
-                    retry_us = evaluation.retry_us
-                    used = evaluation.used
-                    source = outcome.sources[i]
-                    degraded = degraded or source is not Source.REDIS
-                result = LimitResult(
-                    item.planned.rule.id,
-                    lim.name,
-                    Mode.ENFORCE if item.enforce else Mode.SHADOW,
-                    allowed,
-                    remaining,
-                    0 if retry_us <= 0 else math.ceil(retry_us / 1000),
-                    used,
-                    item.limit,
-                    lim.window_ms,
-                    source,
+                continue
+            assert outcome.evaluations is not None and outcome.sources is not None
+            for item, evaluation, source in zip(
+                items, outcome.evaluations, outcome.sources, strict=True
+            ):
+                retry = evaluation.retry_us
+                results.append(
+                    LimitResult(
+                        item.rule_id,
+                        item.name,
+                        item.mode,
+                        evaluation.allowed,
+                        evaluation.remaining,
+                        0 if retry <= 0 else math.ceil(retry / 1000),
+                        evaluation.used,
+                        item.limit,
+                        item.window_ms,
+                        source,
+                    )
                 )
-                results.append(result)
-                if not item.enforce:
-                    if not allowed:
-                        would_deny.append(result)
-                    continue
-                if least is None or remaining < least.remaining:
-                    least = result
-                if not allowed:
-                    denied.append(result)
-                    if longest is None or result.retry_after_ms > longest.retry_after_ms:
-                        longest = result
+                degraded = degraded or source is not Source.REDIS
+        denied: list[LimitResult] = []
+        would_deny: list[LimitResult] = []
+        longest: LimitResult | None = None  # the denied limit with the longest wait
+        least: LimitResult | None = None  # the enforced limit with the least remaining
+        for result in results:
+            if result.mode is Mode.SHADOW:
+                if not result.allowed:
+                    would_deny.append(result)
+                continue
+            if least is None or result.remaining < least.remaining:
+                least = result
+            if not result.allowed:
+                denied.append(result)
+                if longest is None or result.retry_after_ms > longest.retry_after_ms:
+                    longest = result
         deciding = longest or least
         retry_after_ms = max(1, longest.retry_after_ms) if longest else 0
         remaining = least.remaining if least else min(r.remaining for r in results)
         if record and (denied or would_deny):
             self._record(request, denied, would_deny, now_us)
         return Decision(
-            allowed=not denied,
-            retry_after_ms=retry_after_ms,
-            remaining=remaining,
-            deciding=deciding.ref if deciding else None,
-            results=tuple(results),
-            shadow_would_deny=bool(would_deny),
-            degraded=degraded,
-            now_ms=int(now_us // 1000),
+            not denied,
+            retry_after_ms,
+            remaining,
+            LimitRef(deciding.rule_id, deciding.limit_name) if deciding else None,
+            tuple(results),
+            bool(would_deny),
+            degraded,
+            int(now_us // 1000),
         )
 
     def _record(

@@ -63,6 +63,8 @@ class ChainAppender:
         """
         if not rows:
             return {}
+        if not {r.tenant for r in rows} <= expected.keys():
+            raise ValueError("every row's tenant must be locked: give its expected head")
         tenants = sorted(expected)
         heads = [expected[t] for t in tenants]
         params: list[object] = [

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from pydantic_core import to_json
 
+from mc_common.errors import Unavailable
 from mc_common.receipts import ChainLink, ReceiptBody, Subject, build_receipt, sign_receipt
 from mc_common.signing import Signer
 from mc_pql.chain_store import ChainAppender, ChainHead
@@ -25,6 +26,7 @@ from mc_pql.models import ReceiptRow, StoredReceipt, Verification
 from mc_pql.store import ProvenanceStore
 
 MAX_CACHED_HEADS = 100_000  # tenants whose head is remembered; the rest are read when needed
+MAX_ATTEMPTS = 20  # appends of one round, each after other replicas moved a head it expected
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,7 @@ class ChainWriter:
                 unknown = list(group)
             heads.update(await appender.heads(unknown))
         recorded = datetime.now(UTC)
-        while True:
+        for _ in range(MAX_ATTEMPTS):
             expected = {tenant: heads[tenant] for tenant in group}
             rows = [
                 row
@@ -120,6 +122,11 @@ class ChainWriter:
             if not moved:
                 break
             heads.update(moved)  # another writer appended meanwhile: sign again from there
+        else:
+            raise Unavailable(
+                f"other writers kept moving the chain heads of {sorted(group)}; try again",
+                reason="CHAIN_CONTENDED",
+            )
         for row in rows:
             heads[row.tenant] = (row.sequence, row.digest)
 
