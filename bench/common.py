@@ -7,6 +7,7 @@ measures a bare gRPC echo server in the same run so figures are printed as ratio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -86,6 +87,41 @@ async def start_echo(request_type: str, response_type: str, log: Path) -> Child:
     return await start_child(
         args, {"ECHO_REQUEST": request_type, "ECHO_RESPONSE": response_type}, port, log
     )
+
+
+async def until_listening(port: int, count: int) -> None:
+    """Wait (a minute at most) until `count` sockets listen on `port` (workers sharing it)."""
+    for _ in range(600):
+        if _listeners(port) >= count:
+            return
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"fewer than {count} listeners on port {port}")
+
+
+def _listeners(port: int) -> int:
+    """Listening TCP sockets on `port`, from /proc/net/tcp{,6} (state 0A is LISTEN)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port
+    return count
+
+
+class Channels:
+    """`count` channels to `address`, each its own TCP connection (no shared subchannels)."""
+
+    def __init__(self, address: str, count: int) -> None:
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        self._channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(count)]
+
+    async def __aenter__(self) -> list[grpc.aio.Channel]:
+        return self._channels
+
+    async def __aexit__(self, *exc: object) -> None:
+        for channel in self._channels:
+            await channel.close(None)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -221,3 +257,67 @@ async def open_loop(
 
 def mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
+
+
+@dataclass
+class Paced:
+    """An open-loop run: the calls' throughput and latency (from their scheduled send
+    times), plus how late this process started each send (its own lag, not the server's)."""
+
+    result: Throughput
+    offered_per_s: float
+    send_lag_ms: list[float]
+    errors: dict[str, int]  # failed calls by error (their latency is not counted)
+
+
+async def paced_loop(
+    call: Callable[[int], Awaitable[int]],
+    rate: float,
+    seconds: float,
+    server_cpu: Callable[[], float] | None = None,
+) -> Paced:
+    """Like `open_loop`, but one pacing task starts each call when it is due (instead of a
+    sleeping task per call made up front, which costs the load generator more than the calls),
+    and it reports the rate this process actually offered: if the client cannot keep up, the
+    output says so rather than charging the server for it."""
+    interval = 1.0 / rate
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    lag: list[float] = []
+    items = [0]
+    errors: dict[str, int] = {}
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(i: int, scheduled: float) -> None:
+        try:
+            done = await call(i)
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            name = str(code() if callable(code) else type(exc).__name__)
+            errors[name] = errors.get(name, 0) + 1
+            return
+        items[0] += done
+        latencies.append((time.perf_counter() - scheduled) * 1000)
+
+    meter = CpuMeter(server_cpu)
+    meter.start()
+    start = time.perf_counter() + 0.05
+    sent = 0
+    while sent < total:
+        now = time.perf_counter()
+        due = start + sent * interval
+        if due > now:
+            await asyncio.sleep(due - now)
+            continue
+        while sent < total and start + sent * interval <= now:
+            scheduled = start + sent * interval
+            lag.append((now - scheduled) * 1000)
+            task = asyncio.create_task(one(sent, scheduled))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            sent += 1
+    last_send = time.perf_counter()
+    await asyncio.gather(*running)
+    elapsed = time.perf_counter() - start
+    result = meter.stop(Throughput(total, items[0], elapsed, latencies))
+    return Paced(result, total / max(last_send - start, 1e-9), lag, errors)

@@ -6,6 +6,10 @@ Targets on a 2-core machine: server-side Check p99 <= 5 ms at 1,000 checks/s off
 checks/s >= 60% of the echo baseline; >= 20,000 decisions/s with CheckBatch of 100. Also the
 accuracy of the sliding window against an exact sliding log over the same arrivals.
 
+Rates move with whatever else runs on the machine, so each phase also prints figures that
+hardly do: CPU per item of the server and of this process, and Redis's own time per script
+call (from INFO commandstats, differenced over the phase), with the load average.
+
 Usage: uv run python bench/limiter_checks.py [--seconds 8]
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import tempfile
@@ -20,12 +25,22 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
+from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import closed_loop, free_port, open_loop, percentile, start_child, start_echo
+from common import (
+    Throughput,
+    closed_loop,
+    free_port,
+    paced_loop,
+    percentile,
+    start_child,
+    start_echo,
+)
 
 from mc.limiter.v1 import limiter_pb2 as pb
 from mc.limiter.v1 import limiter_service_pb2 as svc
@@ -63,6 +78,35 @@ def quantiles_ms(before: dict[float, float], after: dict[float, float]) -> tuple
         return float("nan")
 
     return quantile(0.5), quantile(0.99), int(total)
+
+
+async def script_stats(redis: Redis) -> tuple[int, int]:
+    """EVALSHA calls and microseconds so far, as Redis counts them."""
+    stats = (await redis.info("commandstats")).get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0)), int(stats.get("usec", 0))
+
+
+def per_call(before: tuple[int, int], after: tuple[int, int], items: int) -> str:
+    calls, usec = after[0] - before[0], after[1] - before[1]
+    if not calls:
+        return "redis: no script calls"
+    return (
+        f"redis: {calls} EVALSHA, {usec / calls:.1f} us/call, "
+        f"{usec / max(items, 1):.1f} us/decision"
+    )
+
+
+def load() -> str:
+    return "load avg " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def codes(text: str, method: str) -> dict[str, float]:
+    """Calls of `method` the server finished, by status code."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("mc_grpc_server_handled_total{") and f'method="{method}"' in line:
+            out[line.split('code="')[1].split('"')[0]] = float(line.split()[-1])
+    return out
 
 
 def scrape(port: int) -> str:
@@ -158,6 +202,7 @@ async def run(seconds: float) -> None:
         port,
         work / "limiter.log",
     )
+    redis_client = Redis.from_url(redis)
     echo = await start_echo(
         "mc.limiter.v1.limiter_service_pb2.CheckRequest",
         "mc.limiter.v1.limiter_service_pb2.CheckResponse",
@@ -193,6 +238,8 @@ async def run(seconds: float) -> None:
                 ),
                 metadata=OPERATOR,
             )
+            # Requests and metadata are built once: the load generator should spend its CPU on
+            # calls, not on building them.
             requests = [
                 (svc.CheckRequest(tenant=t, key="bench:start", cost=1), (("x-mc-tenant", t),))
                 for t in TENANTS
@@ -219,38 +266,88 @@ async def run(seconds: float) -> None:
                 reply = await stub.CheckBatch(batch, metadata=service_md)
                 return len(reply.results)
 
+            async def measured(run_phase: Any) -> tuple[Throughput, str]:
+                # Counts the warm-up's script calls too: us/decision is a little high.
+                before = await script_stats(redis_client)
+                result: Throughput = await run_phase()
+                after = await script_stats(redis_client)
+                return result, per_call(before, after, result.items)
+
             await closed_loop(check_one, concurrency=8, seconds=1.0, warmup=0)  # warm caches
+            load_before = load()
             before = scrape(metrics_port)
-            fixed = await open_loop(check_one, rate=1000, seconds=seconds)
+            redis_before = await script_stats(redis_client)
+            paced = await paced_loop(
+                check_one, rate=1000, seconds=seconds, server_cpu=limiter.cpu_seconds
+            )
+            fixed_redis = per_call(
+                redis_before, await script_stats(redis_client), paced.result.items
+            )
             after = scrape(metrics_port)
-            echo_tp = await closed_loop(echo_one, concurrency=32, seconds=seconds)
-            check_tp = await closed_loop(check_one, concurrency=32, seconds=seconds)
-            batch_tp = await closed_loop(batch_one, concurrency=4, seconds=seconds)
+            echo_tp = await closed_loop(
+                echo_one, concurrency=32, seconds=seconds, server_cpu=echo.cpu_seconds
+            )
+            check_tp, check_redis = await measured(
+                lambda: closed_loop(
+                    check_one, concurrency=32, seconds=seconds, server_cpu=limiter.cpu_seconds
+                ),
+            )
+            batch_tp, batch_redis = await measured(
+                lambda: closed_loop(
+                    batch_one, concurrency=4, seconds=seconds, server_cpu=limiter.cpu_seconds
+                ),
+            )
             acc = await accuracy(stub, min(seconds, 6.0))
+            load_after = load()
     finally:
         limiter.stop()
         echo.stop()
+        await redis_client.aclose()
 
     labels = 'method="/mc.limiter.v1.LimiterService/Check"'
     metric = "mc_grpc_server_handling_seconds"
     p50, p99, count = quantiles_ms(
         histogram_buckets(before, metric, labels), histogram_buckets(after, metric, labels)
     )
-    print(f"limiter checks benchmark ({seconds:.0f} s per phase, 2-core machine, load in-process)")
-    print(
-        f"  fixed 1,000 checks/s offered: client p50 {percentile(fixed.latencies_ms, 0.5):.2f} ms "
-        f"p99 {percentile(fixed.latencies_ms, 0.99):.2f} ms; server-side (RPC histogram of this "
-        f"phase) p50 {p50:.2f} ms p99 {p99:.2f} ms over {count} calls (target p99 <= 5 ms)"
+    own = 'path="redis"'
+    own_p50, own_p99, _ = quantiles_ms(
+        histogram_buckets(before, "mc_rl_check_ms", own),
+        histogram_buckets(after, "mc_rl_check_ms", own),
     )
-    print(f"  echo baseline (bare grpc.aio, c=32)  {echo_tp.summary()}")
+    fixed = paced.result
+    method = "/mc.limiter.v1.LimiterService/Check"
+    done_before, done_after = codes(before, method), codes(after, method)
+    server_codes = {c: n - done_before.get(c, 0) for c, n in done_after.items()}
+    failed = {c: int(n) for c, n in server_codes.items() if c != "OK" and n}
+    failures = f"; failed calls: client saw {paced.errors}, server answered {failed}"
+    lag99 = percentile(paced.send_lag_ms, 0.99)
+    keeping_up = paced.offered_per_s >= 950 and lag99 <= 5
+    behind = "" if keeping_up else "; THE LOAD PROCESS COULD NOT OFFER 1,000/s"
+    print(f"limiter checks benchmark ({seconds:.0f} s per phase, 2-core machine, one load process)")
+    print(f"  {load_before} at start, {load_after} at end")
+    print(
+        f"  fixed 1,000 checks/s: offered {paced.offered_per_s:,.0f}/s (send lag p99 "
+        f"{lag99:.2f} ms{behind}); "
+        f"client p50 {percentile(fixed.latencies_ms, 0.5):.2f} ms "
+        f"p99 {percentile(fixed.latencies_ms, 0.99):.2f} ms"
+        f"{failures if paced.errors or failed else ''}"
+    )
+    print(
+        f"    server-side (RPC histogram of this phase) p50 {p50:.2f} ms p99 {p99:.2f} ms over "
+        f"{count} calls (target p99 <= 5 ms); limiter's own mc_rl_check_ms p50 "
+        f"{own_p50 / 1000:.2f} ms p99 {own_p99 / 1000:.2f} ms; {fixed.cpu_summary()}; {fixed_redis}"
+    )
+    print(f"  echo baseline (bare grpc.aio, c=32)  {echo_tp.summary()}  {echo_tp.cpu_summary()}")
     print(
         f"  Check unary, 50 tenants, c=32        {check_tp.summary()}  "
         f"= {check_tp.calls_per_s / echo_tp.calls_per_s:.0%} of echo (target >= 60%)"
     )
+    print(f"    {check_tp.cpu_summary()}; {check_redis}")
     print(
         f"  CheckBatch x100, c=4                 {batch_tp.summary()}  "
         f"(target >= 20,000 decisions/s)"
     )
+    print(f"    {batch_tp.cpu_summary()}; {batch_redis}")
     print(f"  {acc}")
 
 

@@ -5,7 +5,8 @@ MC_POSTGRES_DSN) and a bare gRPC echo server taking the same request type, then 
 this process. Targets on a 2-core machine: >= 500 receipts/s unary, >= 3,000/s batched, and
 p99 <= 30 ms at 250 receipts/s offered.
 
-Usage: uv run python bench/pql_receipts.py [--seconds 10]
+Usage: uv run python bench/pql_receipts.py [--seconds 10] [--workers 1] [--channels 1]
+(several workers need several channels: the kernel spreads connections, not calls, over them)
 """
 
 from __future__ import annotations
@@ -16,13 +17,21 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-
-import grpc
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "services" / "pql" / "tests"))
 
-from common import closed_loop, free_port, open_loop, percentile, start_child, start_echo
+from common import (
+    Channels,
+    closed_loop,
+    free_port,
+    paced_loop,
+    percentile,
+    start_child,
+    start_echo,
+    until_listening,
+)
 from pql_support import record
 
 from mc.pql.v1 import provenance_service_pb2 as svc
@@ -33,7 +42,7 @@ from mc_common.testing import infra
 TENANTS = [f"bench-{i}" for i in range(8)]
 
 
-async def run(seconds: float) -> None:
+async def run(seconds: float, workers: int, channels: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="mc-bench-pql-"))
     admin = infra.postgres_dsn()
     db = infra.unique_name("mc_bench")
@@ -49,10 +58,13 @@ async def run(seconds: float) -> None:
             "MC_PQL_GRPC_PORT": str(port),
             "MC_PQL_LOG_LEVEL": "WARNING",
             "MC_PQL_POOL_MAX_SIZE": "8",
+            "MC_PQL_WORKERS": str(workers),
         },
         port,
         work / "pql.log",
     )
+    # Connections made before every worker listens would all stick to the first ones.
+    await until_listening(port, workers)
     echo = await start_echo(
         "mc.pql.v1.provenance_service_pb2.RecordReceiptRequest",
         "mc.pql.v1.provenance_service_pb2.RecordReceiptResponse",
@@ -61,23 +73,32 @@ async def run(seconds: float) -> None:
     requests = [record(f"exec-{i}", i) for i in range(1000)]
     try:
         async with (
-            grpc.aio.insecure_channel(pql.address) as pql_channel,
-            grpc.aio.insecure_channel(echo.address) as echo_channel,
+            Channels(pql.address, channels) as pql_channels,
+            Channels(echo.address, channels) as echo_channels,
         ):
-            stub = svc_grpc.ProvenanceServiceStub(pql_channel)
-            echo_call = echo_channel.unary_unary(
-                "/bench.Echo/Echo",
-                request_serializer=svc.RecordReceiptRequest.SerializeToString,
-                response_deserializer=svc.RecordReceiptResponse.FromString,
-            )
+            stubs = [svc_grpc.ProvenanceServiceStub(c) for c in pql_channels]
+            echo_calls = [
+                c.unary_unary(
+                    "/bench.Echo/Echo",
+                    request_serializer=svc.RecordReceiptRequest.SerializeToString,
+                    response_deserializer=svc.RecordReceiptResponse.FromString,
+                )
+                for c in echo_channels
+            ]
+
+            def stub(i: int) -> svc_grpc.ProvenanceServiceAsyncStub:
+                return stubs[i % len(stubs)]
+
+            def echo_call(i: int) -> Any:
+                return echo_calls[i % len(echo_calls)]
 
             async def echo_one(i: int) -> int:
-                await echo_call(requests[i % len(requests)])
+                await echo_call(i)(requests[i % len(requests)])
                 return 1
 
             async def unary_one(i: int) -> int:
                 tenant = TENANTS[i % len(TENANTS)]
-                await stub.RecordReceipt(
+                await stub(i).RecordReceipt(
                     requests[i % len(requests)], metadata=[("x-mc-tenant", tenant)]
                 )
                 return 1
@@ -86,11 +107,11 @@ async def run(seconds: float) -> None:
 
             async def batch_one(i: int) -> int:
                 tenant = TENANTS[i % len(TENANTS)]
-                await stub.RecordReceipts(batch, metadata=[("x-mc-tenant", tenant)])
+                await stub(i).RecordReceipts(batch, metadata=[("x-mc-tenant", tenant)])
                 return 100
 
             async def single_tenant(i: int) -> int:
-                await stub.RecordReceipt(
+                await stub(i).RecordReceipt(
                     requests[i % len(requests)], metadata=[("x-mc-tenant", "bench-solo")]
                 )
                 return 1
@@ -101,10 +122,11 @@ async def run(seconds: float) -> None:
             unary_tp = await closed_loop(unary_one, 32, seconds, server_cpu=pql_cpu)
             solo_tp = await closed_loop(single_tenant, 32, seconds, server_cpu=pql_cpu)
             batch_tp = await closed_loop(batch_one, 4, seconds, server_cpu=pql_cpu)
-            fixed = await open_loop(unary_one, rate=250, seconds=seconds, server_cpu=pql_cpu)
-            echo_fixed = await open_loop(echo_one, rate=250, seconds=seconds, server_cpu=echo_cpu)
+            paced = await paced_loop(unary_one, rate=250, seconds=seconds, server_cpu=pql_cpu)
+            echo_paced = await paced_loop(echo_one, rate=250, seconds=seconds, server_cpu=echo_cpu)
+            fixed, echo_fixed = paced.result, echo_paced.result
             load_after = os.getloadavg()
-            verify = await stub.VerifyChain(
+            verify = await stub(0).VerifyChain(
                 svc.VerifyChainRequest(), metadata=[("x-mc-tenant", "bench-solo")]
             )
     finally:
@@ -112,7 +134,11 @@ async def run(seconds: float) -> None:
         echo.stop()
         infra.drop_database(admin, db)
 
-    print(f"pql receipts benchmark ({seconds:.0f} s per phase, 2-core machine, load in-process)")
+    print(
+        f"pql receipts benchmark ({seconds:.0f} s per phase, 2-core machine, load in-process "
+        f"over {channels} channel(s) (as from {channels} client(s)), pql with {workers} worker "
+        "process(es))"
+    )
     print(
         f"  machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after (anything above ~1 is other work competing)"
@@ -140,6 +166,10 @@ async def run(seconds: float) -> None:
         f"{percentile(echo_fixed.latencies_ms, 0.5):.2f} ms  p99 {echo_p99:.2f} ms"
         f"  (pql p99 = {fixed_p99 / echo_p99:.1f}x echo's)"
     )
+    print(
+        f"  (offered {paced.offered_per_s:.0f}/s; this process sent late by p99 "
+        f"{percentile(paced.send_lag_ms, 0.99):.2f} ms, counted in the latencies)"
+    )
     print("  CPU per receipt (echo: per call), the figures to compare when the machine is busy:")
     for name, tp in (
         ("echo", echo_tp),
@@ -159,7 +189,12 @@ async def run(seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
-    asyncio.run(run(parser.parse_args().seconds))
+    parser.add_argument("--workers", type=int, default=1, help="MC_PQL_WORKERS of the service")
+    parser.add_argument(
+        "--channels", type=int, default=1, help="client connections (each its own TCP connection)"
+    )
+    args = parser.parse_args()
+    asyncio.run(run(args.seconds, args.workers, args.channels))
 
 
 if __name__ == "__main__":

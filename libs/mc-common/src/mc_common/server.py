@@ -49,6 +49,10 @@ class ServiceSpec:
     access_overrides: Mapping[str, Access] = field(default_factory=dict)
     tracing: bool = True
     registry: CollectorRegistry | None = None  # the service's own metrics, served beside RPCs
+    # Bind with SO_REUSEPORT, so that sibling worker processes can serve the same port (the
+    # kernel spreads connections over them). Off by default: a second server started by mistake
+    # on a taken port must fail to bind, not silently share it.
+    reuse_port: bool = False
 
 
 @dataclass
@@ -110,7 +114,7 @@ async def start_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(spec.reuse_port)),
         ],
     )
     spec.register(server)

@@ -159,10 +159,14 @@ def limit_status(result: LimitResult) -> pb.LimitStatus:
     return _status(pb.LimitStatus, result)
 
 
-def check_response(decision: Decision) -> svc.CheckResponse:
+def check_response(
+    decision: Decision, make: Callable[..., svc.CheckResponse] = svc.CheckResponse
+) -> svc.CheckResponse:
+    """The reply to one check; ``make`` may build it in place (``results.add`` of a batch
+    reply, which saves copying every message into the batch)."""
     deciding = decision.deciding
     remaining = decision.remaining
-    out = svc.CheckResponse(
+    out = make(
         allowed=decision.allowed,
         remaining=UNLIMITED_REMAINING if remaining == UNLIMITED else max(0, remaining),
         decided_by=f"{deciding.rule_id}/{deciding.limit_name}" if deciding else "",

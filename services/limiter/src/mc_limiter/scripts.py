@@ -338,6 +338,7 @@ class CheckBatcher:
         self._max = max_decisions
         self._pending: list[_Submission] = []
         self._in_flight = 0  # calls sent and not answered yet
+        self._connecting = False
         self._tasks: set[asyncio.Task[None]] = set()  # connecting, reloading the script
 
     @property
@@ -372,7 +373,8 @@ class CheckBatcher:
     def _flush(self) -> None:
         """Send what is queued (nothing is in flight)."""
         if not self._conn.connected:
-            if not self._tasks:
+            if not self._connecting:
+                self._connecting = True
                 self._spawn(self._connect())
             return
         pending, self._pending = self._pending, []
@@ -434,6 +436,8 @@ class CheckBatcher:
         except Exception as exc:
             pending, self._pending = self._pending, []
             _settle(pending, exc)
+        finally:
+            self._connecting = False
         if self._pending and not self._in_flight:
             self._flush()
 

@@ -66,7 +66,11 @@ class LimiterServicer(svc_grpc.LimiterServiceServicer):
                     _mismatch(f"checks[{i}].tenant")
         checks = [CheckRequest(c.tenant, c.token, c.key, c.cost) for c in items]
         decisions = await self._limiter.check_batch(checks)
-        return svc.CheckBatchResponse(results=[convert.check_response(d) for d in decisions])
+        response = svc.CheckBatchResponse()
+        add = response.results.add
+        for decision in decisions:
+            convert.check_response(decision, add)
+        return response
 
     async def GetUsage(self, request: svc.GetUsageRequest, context: Ctx) -> svc.GetUsageResponse:
         authorize_tenant(request.tenant)

@@ -47,9 +47,7 @@ class PqlApp:
             name="mc-pql",
         )
         try:
-            await migrate(pool, MIGRATIONS, schema=settings.db_schema)
-            processed = ProcessedEvents(pool, settings.consumer_group)
-            await processed.ensure_schema()
+            processed = await _prepare(pool, settings)
         except BaseException:
             await pool.close()
             raise
@@ -81,3 +79,23 @@ class PqlApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.consumer_task
         await self.pool.close()
+
+
+async def prepare_database(settings: PqlSettings) -> None:
+    """What `PqlApp.create` does to the database first, done once by a supervisor before its
+    workers start: concurrent `CREATE TABLE IF NOT EXISTS` can fail, so they must not race."""
+    pool = await create_pool(
+        settings.postgres_dsn, 1, 1, schema=settings.db_schema, name="mc-pql-setup"
+    )
+    try:
+        await _prepare(pool, settings)
+    finally:
+        await pool.close()
+
+
+async def _prepare(pool: Pool, settings: PqlSettings) -> ProcessedEvents:
+    """Apply the migrations and create the decisions consumer's table."""
+    await migrate(pool, MIGRATIONS, schema=settings.db_schema)
+    processed = ProcessedEvents(pool, settings.consumer_group)
+    await processed.ensure_schema()
+    return processed

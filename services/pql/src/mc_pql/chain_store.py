@@ -4,12 +4,14 @@ A writer signs receipts against the chain heads it expects, then `ChainAppender.
 the tenants' advisory locks (held to commit, so replicas serialize per tenant), checks the heads
 and inserts, or inserts nothing and returns the heads that moved (see
 migrations/0002_chain_append.sql): one statement in autocommit, so one round trip and one commit.
+`append_locked` is the pessimistic form, for tenants other writers are appending to: it signs
+under the locks, from the heads read there.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -27,18 +29,20 @@ _HEADS = (
     "LEFT JOIN LATERAL (SELECT sequence, digest FROM receipts WHERE tenant = t.tenant "
     "ORDER BY sequence DESC LIMIT 1) AS head ON true"
 )
+_LOCK = "SELECT * FROM chain_lock(%b::text[], %b::bigint[], %b::text[])"
+_ROWS = (
+    "INSERT INTO receipts (tenant, sequence, digest, previous_digest, execution_id, envelope, "
+    "signer_key_id, client_envelope, client_key_id, recorded_at) "
+    "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], "
+    "%b::bytea[], %b::text[], %b::bytea[], %b::text[], %b::timestamptz[])"
+)
 # One statement, in autocommit: `chain_lock` runs first (the insert waits on its result), so the
 # locks are held from before the insert to the commit, and nothing is inserted if a head moved.
 # The rows travel as one array per column, in binary (psycopg's text arrays quote every element
 # in Python, which costs more than the rest of the append).
 _APPEND = (
-    "WITH moved AS MATERIALIZED (SELECT * FROM chain_lock(%b::text[], %b::bigint[], %b::text[])), "
-    "appended AS (INSERT INTO receipts (tenant, sequence, digest, previous_digest, "
-    "execution_id, envelope, signer_key_id, client_envelope, client_key_id, recorded_at) "
-    "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], "
-    "%b::bytea[], %b::text[], %b::bytea[], %b::text[], %b::timestamptz[]) "
-    "WHERE NOT EXISTS (SELECT FROM moved)) "
-    "SELECT * FROM moved"
+    f"WITH moved AS MATERIALIZED ({_LOCK}), appended AS ({_ROWS} "
+    "WHERE NOT EXISTS (SELECT FROM moved)) SELECT * FROM moved"
 )
 
 
@@ -59,22 +63,52 @@ class ChainAppender:
         """Insert `rows` and commit if every tenant's head is still `expected[tenant]`.
 
         Otherwise nothing is inserted and the heads that moved are returned (empty on success).
-        Tenants are locked in sorted order, so concurrent writers never deadlock.
         """
         if not rows:
             return {}
-        if not {r.tenant for r in rows} <= expected.keys():
-            raise ValueError("every row's tenant must be locked: give its expected head")
-        tenants = sorted(expected)
-        heads = [expected[t] for t in tenants]
-        params: list[object] = [
-            tenants,
-            [None if h is None else h[0] for h in heads],
-            [None if h is None else h[1] for h in heads],
-        ]
-        params += [list(column) for column in zip(*map(_values, rows), strict=True)]
-        cur = await self._conn.execute(_APPEND, params)
+        _check_locked(expected, rows)
+        cur = await self._conn.execute(_APPEND, [*_heads_params(expected), *_columns(rows)])
         return _heads_of(await cur.fetchall())
+
+    async def append_locked(
+        self,
+        expected: Mapping[str, ChainHead],
+        build: Callable[[Mapping[str, ChainHead]], Sequence[ReceiptRow]],
+    ) -> Sequence[ReceiptRow]:
+        """Lock the tenants, then insert and commit `build(heads)`, built from their heads.
+
+        For tenants other writers keep appending to: `build` (the signing) runs once, under
+        the locks, instead of again after every `append` that found a head moved. Returns the
+        rows inserted.
+        """
+        async with self._conn.transaction(), self._conn.cursor() as cur:
+            await cur.execute(_LOCK, _heads_params(expected))
+            heads = {**expected, **_heads_of(await cur.fetchall())}
+            rows = build(heads)
+            if rows:
+                _check_locked(expected, rows)
+                await cur.execute(_ROWS, _columns(rows))
+        return rows
+
+
+def _heads_params(expected: Mapping[str, ChainHead]) -> list[object]:
+    """The tenants, in sorted order so concurrent writers never deadlock, and their heads."""
+    tenants = sorted(expected)
+    heads = [expected[t] for t in tenants]
+    return [
+        tenants,
+        [None if h is None else h[0] for h in heads],
+        [None if h is None else h[1] for h in heads],
+    ]
+
+
+def _columns(rows: Sequence[ReceiptRow]) -> list[object]:
+    return [list(column) for column in zip(*map(_values, rows), strict=True)]
+
+
+def _check_locked(expected: Mapping[str, ChainHead], rows: Sequence[ReceiptRow]) -> None:
+    if not {r.tenant for r in rows} <= expected.keys():
+        raise ValueError("every row's tenant must be locked: give its expected head")
 
 
 def _heads_of(rows: list[tuple[Any, ...]]) -> dict[str, ChainHead]:

@@ -4,21 +4,23 @@ Callers queue their receipts and wait; a single task drains the queue in rounds,
 commit that takes every waiting caller's receipts, for every tenant (group commit), so
 throughput does not collapse to one commit per call. Receipts are signed against the heads the
 writer's previous append left (read once per tenant otherwise); the append checks those heads
-under the tenants' locks, and when another replica moved one, the round is signed again from
-the new heads. So signing happens outside the locks and the lock, check and insert cost one
-round trip (see `mc_pql.chain_store`).
+under the tenants' locks, so signing happens outside the locks and the lock, check and insert
+cost one round trip (see `mc_pql.chain_store`). When another replica moved a head, the round is
+signed again under the locks, and so are that tenant's rounds for a while (`CONTENDED_S`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pydantic_core import to_json
 
-from mc_common.errors import Unavailable
 from mc_common.receipts import ChainLink, ReceiptBody, Subject, build_receipt, sign_receipt
 from mc_common.signing import Signer
 from mc_pql.chain_store import ChainAppender, ChainHead
@@ -26,7 +28,9 @@ from mc_pql.models import ReceiptRow, StoredReceipt, Verification
 from mc_pql.store import ProvenanceStore
 
 MAX_CACHED_HEADS = 100_000  # tenants whose head is remembered; the rest are read when needed
-MAX_ATTEMPTS = 20  # appends of one round, each after other replicas moved a head it expected
+# After another writer moved a tenant's head, appends to it sign under its lock for this long:
+# speculative signing would mostly be wasted while replicas take turns on the tenant.
+CONTENDED_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,7 @@ class ChainWriter:
         self._queue: deque[_Pending] = deque()
         self._task: asyncio.Task[None] | None = None
         self._heads: dict[str, ChainHead] = {}  # as this writer's last append left them
+        self._contended: dict[str, float] = {}  # tenant -> until when it is appended locked
 
     async def append(self, tenant: str, items: list[PreparedReceipt]) -> list[StoredReceipt]:
         """Sign and append `items` to `tenant`'s chain, in order; returns them once committed."""
@@ -111,24 +116,49 @@ class ChainWriter:
                 unknown = list(group)
             heads.update(await appender.heads(unknown))
         recorded = datetime.now(UTC)
-        for _ in range(MAX_ATTEMPTS):
-            expected = {tenant: heads[tenant] for tenant in group}
-            rows = [
-                row
-                for tenant, pendings in group.items()
-                for row in self._sign(tenant, expected[tenant], pendings, recorded)
-            ]
+        expected = {tenant: heads[tenant] for tenant in group}
+        now = time.monotonic()
+        rows: Sequence[ReceiptRow] | None = None
+        if all(self._contended.get(tenant, 0.0) < now for tenant in group):
+            rows = self._sign_all(group, expected, recorded)
             moved = await appender.append(expected, rows)
-            if not moved:
-                break
-            heads.update(moved)  # another writer appended meanwhile: sign again from there
-        else:
-            raise Unavailable(
-                f"other writers kept moving the chain heads of {sorted(group)}; try again",
-                reason="CHAIN_CONTENDED",
+            if moved:  # another writer appended meanwhile
+                self._contend(moved, now)
+                expected.update(moved)
+                rows = None
+        if rows is None:
+            rows = await appender.append_locked(
+                expected, functools.partial(self._sign_locked, group, expected, recorded, now)
             )
         for row in rows:
             heads[row.tenant] = (row.sequence, row.digest)
+
+    def _sign_locked(
+        self,
+        group: dict[str, list[_Pending]],
+        expected: Mapping[str, ChainHead],
+        at: datetime,
+        now: float,
+        heads: Mapping[str, ChainHead],
+    ) -> list[ReceiptRow]:
+        self._contend((t for t in group if heads[t] != expected[t]), now)
+        return self._sign_all(group, heads, at)
+
+    def _contend(self, tenants: Iterable[str], now: float) -> None:
+        """Append to `tenants` under their locks for a while: other writers append to them."""
+        for tenant in tenants:
+            self._contended[tenant] = now + CONTENDED_S
+        if len(self._contended) > MAX_CACHED_HEADS:
+            self._contended = {t: u for t, u in self._contended.items() if u > now}
+
+    def _sign_all(
+        self, group: dict[str, list[_Pending]], heads: Mapping[str, ChainHead], at: datetime
+    ) -> list[ReceiptRow]:
+        return [
+            row
+            for tenant, pendings in group.items()
+            for row in self._sign(tenant, heads[tenant], pendings, at)
+        ]
 
     def _sign(
         self, tenant: str, head: ChainHead, group: list[_Pending], recorded: datetime

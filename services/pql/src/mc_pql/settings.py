@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mc_common.config import ServiceSettings
@@ -37,3 +37,15 @@ class PqlSettings(ServiceSettings):
     max_batch_receipts: int = Field(
         256, ge=1, description="Most receipts one chain transaction appends (group commit)."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes sharing grpc_port (SO_REUSEPORT), each with its own pool "
+        "and chain writer; needs a fixed grpc_port. Worker i serves metrics on metrics_port + i.",
+    )
+
+    @model_validator(mode="after")
+    def _workers_share_a_fixed_port(self) -> PqlSettings:
+        if self.workers > 1 and self.grpc_port == 0:
+            raise ValueError("workers > 1 needs a fixed grpc_port (0 would give each its own)")
+        return self

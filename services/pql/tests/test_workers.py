@@ -1,0 +1,95 @@
+"""`MC_PQL_WORKERS`: several server processes on one port, one chain per tenant across them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pql_support import md, record
+from pydantic import ValidationError
+
+from mc.pql.v1 import provenance_service_pb2 as svc
+from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
+from mc_common.signing import PemSigner
+from mc_common.testing import infra
+from mc_pql.settings import PqlSettings
+
+
+def test_workers_need_a_fixed_port(service_key: Path) -> None:
+    with pytest.raises(ValidationError, match="fixed grpc_port"):
+        PqlSettings(signing_key_path=service_key, workers=2, grpc_port=0)
+
+
+async def test_workers_share_the_port_and_the_chains(pg_dsn: str, tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    PemSigner.generate().save(key)
+    port = infra.free_port()
+    env = {
+        **os.environ,
+        "MC_PQL_POSTGRES_DSN": pg_dsn,
+        "MC_PQL_SIGNING_KEY_PATH": str(key),
+        "MC_PQL_GRPC_PORT": str(port),
+        "MC_PQL_WORKERS": "2",
+    }
+    log = tmp_path / "pql.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mc_pql.main"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        # Separate connections (no shared subchannels), so the kernel spreads them over workers.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(8)
+        ]
+        for channel in channels:
+            await _until_serving(channel, proc, log)
+        assert len(_workers(proc.pid)) == 2
+        stubs = [svc_grpc.ProvenanceServiceStub(c) for c in channels]
+        await asyncio.gather(
+            *(
+                stubs[i % len(stubs)].RecordReceipt(record(f"e{i}", i), metadata=md("acme"))
+                for i in range(40)
+            )
+        )
+        chain = await stubs[0].VerifyChain(svc.VerifyChainRequest(), metadata=md("acme"))
+        assert chain.verification.valid and chain.receipts_checked == 40
+        for channel in channels:
+            await channel.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert code == 0, log.read_text()
+
+
+async def _until_serving(
+    channel: grpc.aio.Channel, proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise AssertionError(log.read_text())
+        try:
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"mc-pql did not become healthy: {log.read_text()}")
+
+
+def _workers(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
