@@ -1,10 +1,10 @@
 """The gRPC interceptors every MC server and client uses.
 
-Server side, outermost first: `ObservabilityInterceptor` (metrics, logs, and the one place where
-domain errors become gRPC statuses), `TenantInterceptor` (binds tenant and principal from metadata
-and enforces each RPC's declared access rule), `ValidationInterceptor` (enforces the request rules
-declared in the protos). Wrapped handlers are cached per method, so the per-call cost is the
-wrappers themselves. Client side, `TenantClientInterceptor` forwards the tenant context.
+Server side, `ServerInterceptor` does, in order: metrics, logs, and the one place where domain
+errors become gRPC statuses; binds tenant and principal from metadata and enforces each RPC's
+declared access rule; enforces the request rules declared in the protos. Wrapped handlers are
+cached per method, so the per-call cost is the wrapper itself. Client side,
+`TenantClientInterceptor` forwards the tenant context.
 """
 
 from __future__ import annotations
@@ -93,11 +93,12 @@ class _CachingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except KeyError:
             pass
         handler = await continuation(handler_call_details)
-        wrapped = None if handler is None else self._wrap(method, handler)
+        wrapped = None if handler is None else self.wrap_handler(method, handler)
         self._cache[method] = wrapped
         return wrapped  # type: ignore[return-value]
 
-    def _wrap(self, method: str, handler: Handler) -> Handler:
+    def wrap_handler(self, method: str, handler: Handler) -> Handler:
+        """``handler`` of ``method`` (``/pkg.Service/Method``), wrapped."""
         deserializer = self.wrap_deserializer(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -130,12 +131,27 @@ class _Undecodable:
         self.error = error
 
 
-class ObservabilityInterceptor(_CachingInterceptor):
-    """Times and counts every RPC, logs failures, and maps domain errors to rich statuses."""
+class ServerInterceptor(_CachingInterceptor):
+    """Every MC server's per-call concerns, in this order, in one wrapper per method.
 
-    def __init__(self, metrics: RpcMetrics) -> None:
+    1. Observability: times and counts every RPC, logs failures, and is the one place where
+       domain errors become rich gRPC statuses (undecodable request bytes included).
+    2. Tenancy: binds tenant and principal from metadata and enforces the RPC's declared
+       access rule (the `(mc.common.v1.access)` option, ADR 0002).
+    3. Validation: enforces the request rules declared in the protos (PGV, ADR 0001).
+
+    They are one wrapper rather than three interceptors because grpc.aio runs each interceptor
+    and its wrapper as coroutines on every call. `mc_common.server` goes further and wraps the
+    handlers as services register them (`wrap_handler`), so no grpc interceptor runs at all;
+    as an interceptor this class does the same, for servers built otherwise.
+    """
+
+    def __init__(
+        self, metrics: RpcMetrics, access_overrides: Mapping[str, Access] | None = None
+    ) -> None:
         super().__init__()
         self._metrics = metrics
+        self._overrides = dict(access_overrides or {})
 
     def wrap_deserializer(self, deserializer: Any) -> Any:
         """Undecodable request bytes become INVALID_ARGUMENT (grpc would say UNKNOWN)."""
@@ -161,8 +177,30 @@ class ObservabilityInterceptor(_CachingInterceptor):
             status = _PlainStatus(grpc.StatusCode.INTERNAL, "internal error")
         await context.abort(status.code, status.details, status.trailing_metadata)
 
+    def _binder(self, method: str) -> Callable[[Ctx], None]:
+        access = method_access(method, self._overrides)
+
+        def bind(context: Ctx) -> None:
+            # Each RPC runs in its own task, so the contextvars set here die with the call.
+            tenant: str | None = None
+            principal: Principal | None = None
+            for key, value in context.invocation_metadata() or ():
+                if key == TENANT_HEADER:
+                    tenant = validate_tenant_id(str(value))
+                elif key == PRINCIPAL_HEADER:
+                    principal = Principal.parse(str(value))
+            _tenant.set(tenant)
+            _principal.set(principal)
+            if access == options_pb2.ACCESS_OPERATOR:
+                require_operator()
+            elif access == options_pb2.ACCESS_TENANT:
+                require_tenant()
+
+        return bind
+
     def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
         observe = self._metrics.for_method(method)
+        bind = self._binder(method)
 
         async def wrapper(request: Any, context: Ctx) -> Any:
             start = time.perf_counter()
@@ -170,6 +208,8 @@ class ObservabilityInterceptor(_CachingInterceptor):
             try:
                 if type(request) is _Undecodable:
                     raise InvalidArgument(f"request is not a valid message: {request.error}")
+                bind(context)
+                _validate(request)
                 return await behavior(request, context)
             except MCError as error:
                 code = error.grpc_code
@@ -187,6 +227,7 @@ class ObservabilityInterceptor(_CachingInterceptor):
 
     def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
         observe = self._metrics.for_method(method)
+        bind = self._binder(method)
 
         async def wrapper(request: Any, context: Ctx) -> AsyncIterator[Any]:
             start = time.perf_counter()
@@ -194,6 +235,8 @@ class ObservabilityInterceptor(_CachingInterceptor):
             try:
                 if type(request) is _Undecodable:
                     raise InvalidArgument(f"request is not a valid message: {request.error}")
+                bind(context)
+                _validate(request)
                 async for item in behavior(request, context):
                     yield item
             except MCError as error:
@@ -207,73 +250,6 @@ class ObservabilityInterceptor(_CachingInterceptor):
                 await self._fail(method, context, error)
             finally:
                 observe(time.perf_counter() - start, code)
-
-        return wrapper
-
-
-class TenantInterceptor(_CachingInterceptor):
-    """Binds tenant/principal from metadata and enforces each RPC's declared access rule."""
-
-    def __init__(self, access_overrides: Mapping[str, Access] | None = None) -> None:
-        super().__init__()
-        self._overrides = dict(access_overrides or {})
-
-    def _binder(self, method: str) -> Callable[[Ctx], tuple[Any, Any]]:
-        access = method_access(method, self._overrides)
-
-        def bind(context: Ctx) -> tuple[Any, Any]:
-            tenant: str | None = None
-            principal: Principal | None = None
-            for key, value in context.invocation_metadata() or ():
-                if key == TENANT_HEADER:
-                    tenant = validate_tenant_id(str(value))
-                elif key == PRINCIPAL_HEADER:
-                    principal = Principal.parse(str(value))
-            tokens = (_tenant.set(tenant), _principal.set(principal))
-            if access == options_pb2.ACCESS_OPERATOR:
-                require_operator()
-            elif access == options_pb2.ACCESS_TENANT:
-                require_tenant()
-            return tokens
-
-        return bind
-
-    def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
-        bind = self._binder(method)
-
-        async def wrapper(request: Any, context: Ctx) -> Any:
-            # Each RPC runs in its own task, so the contextvars set here die with the call.
-            bind(context)
-            return await behavior(request, context)
-
-        return wrapper
-
-    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
-        bind = self._binder(method)
-
-        async def wrapper(request: Any, context: Ctx) -> AsyncIterator[Any]:
-            bind(context)
-            async for item in behavior(request, context):
-                yield item
-
-        return wrapper
-
-
-class ValidationInterceptor(_CachingInterceptor):
-    """Validates every request against the rules declared in its proto before the servicer runs."""
-
-    def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
-        async def wrapper(request: Any, context: Ctx) -> Any:
-            _validate(request)
-            return await behavior(request, context)
-
-        return wrapper
-
-    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
-        async def wrapper(request: Any, context: Ctx) -> AsyncIterator[Any]:
-            _validate(request)
-            async for item in behavior(request, context):
-                yield item
 
         return wrapper
 

@@ -317,9 +317,10 @@ class CheckBatcher:
 
     ``submit`` queues one or more decisions (their KEYS and ARGV as CHECK_LUA takes them,
     RESP-encoded, without the leading decision count) and returns a future. When no call is
-    in flight, what is queued is sent at once; otherwise it waits for the reply and then goes
-    out together with everything queued meanwhile (in calls of at most ``max_decisions``,
-    pipelined), like a group commit: a lone check waits for no one, and under load concurrent
+    in flight, what is queued is sent at the end of the event loop's turn, with whatever the
+    turn's other calls submit; otherwise it waits for the reply and then goes out together
+    with everything queued meanwhile (in calls of at most ``max_decisions``, pipelined), like
+    a group commit: a lone check waits for no one, and under load concurrent
     checks share one script call and one round trip, which is what a check mostly costs the
     service and the shard. Replies are handled in the connection's callbacks, so a check
     costs one future and no task.
@@ -339,6 +340,7 @@ class CheckBatcher:
         self._pending: list[_Submission] = []
         self._in_flight = 0  # calls sent and not answered yet
         self._connecting = False
+        self._flush_soon = False  # a flush is scheduled for the end of this loop turn
         self._tasks: set[asyncio.Task[None]] = set()  # connecting, reloading the script
 
     @property
@@ -358,8 +360,11 @@ class CheckBatcher:
         replies take ``reply_len`` values in all."""
         future: asyncio.Future[CheckReply] = asyncio.get_running_loop().create_future()
         self._pending.append(_Submission(keys, nkeys, args, nargs, decisions, reply_len, future))
-        if not self._in_flight:
-            self._flush()
+        if not (self._in_flight or self._flush_soon):
+            # Sent at the end of this turn of the event loop, together with what the other
+            # calls it runs submit meanwhile.
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush_queued)
         return future
 
     async def close(self) -> None:
@@ -369,6 +374,11 @@ class CheckBatcher:
                 break
             await asyncio.sleep(0.01)
         self._conn.close()
+
+    def _flush_queued(self) -> None:
+        self._flush_soon = False
+        if self._pending and not self._in_flight:
+            self._flush()
 
     def _flush(self) -> None:
         """Send what is queued (nothing is in flight)."""
