@@ -112,6 +112,50 @@ async def test_concurrent_checks_share_script_calls(
     assert calls <= 3, calls
 
 
+async def test_checks_arriving_one_by_one_wait_for_company_when_busy(
+    make_limiter: MakeLimiter, redis_servers: Callable[[], Any], shared_redis: Any
+) -> None:
+    # Like a busy gRPC server: checks start one at a time, a little apart, never in one turn.
+    server = redis_servers()
+    limiter = await make_limiter(
+        [server.url], config=shared_redis, options={"batch_wait_us": 20_000}
+    )
+    await limiter.put_rule({"id": "r", "scope": "key", "limits": [gcra("g", 30)]}, actor="t")
+    probe = Redis.from_url(server.url)
+    try:
+        before = await evalsha_calls(probe)
+        checks = []
+        for _ in range(60):
+            checks.append(asyncio.ensure_future(limiter.check("acme", "", "k")))
+            await asyncio.sleep(0.001)  # a rate far above one per wait: busy
+        decisions = await asyncio.gather(*checks)
+        calls = await evalsha_calls(probe) - before
+    finally:
+        await probe.aclose()
+    # Decided in arrival order, all or nothing as ever: exactly the first 30 are admitted.
+    assert [d.allowed for d in decisions] == [True] * 30 + [False] * 30
+    assert [d.results[0].used for d in decisions[:30]] == list(range(1, 31))
+    # Until the rate is known (one estimate window) checks go out alone; then they share calls.
+    assert calls <= 30, calls
+
+
+async def test_sparse_checks_do_not_wait(make_limiter: MakeLimiter) -> None:
+    limiter = await make_limiter(options={"batch_wait_us": 2_000})  # busy from 1,000 checks/s
+    await limiter.put_rule({"id": "r", "scope": "key", "limits": [gcra("g", 200)]}, actor="t")
+    for _ in range(4):  # 20 checks/s
+        assert (await limiter.check("acme", "", "k")).allowed
+        batcher = limiter._calls["s0"]  # the shard's batcher (made by the first check)
+        assert not batcher.busy
+        await asyncio.sleep(0.05)
+    # A burst of 100 in 20 ms (5,000/s; busy even if the sleep took 100 ms): from the next
+    # estimate on, checks wait for company.
+    burst = [asyncio.ensure_future(limiter.check("acme", "", "k")) for _ in range(100)]
+    await asyncio.sleep(0.02)
+    burst.append(asyncio.ensure_future(limiter.check("acme", "", "k")))
+    assert all(d.allowed for d in await asyncio.gather(*burst))
+    assert batcher.busy
+
+
 async def test_noscript_reloads_batched_and_merged_calls(
     make_limiter: MakeLimiter, redis_servers: Callable[[], Any], shared_redis: Any
 ) -> None:

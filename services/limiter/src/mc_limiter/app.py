@@ -63,6 +63,7 @@ class LimiterApp:
             region=settings.region,
             socket_timeout_ms=settings.socket_timeout_ms,
             probe_interval_ms=settings.probe_interval_ms,
+            batch_wait_us=settings.batch_wait_us,
             region_sync_ms=settings.region_sync_ms,
             fallback_share=settings.fallback_share,
             unmatched=UnmatchedPolicy(settings.unmatched),

@@ -123,12 +123,15 @@ class LimiterOptions:
     unmatched: UnmatchedPolicy = UnmatchedPolicy.ERROR
     deny_flush_ms: int = 1000
     plan_cache_size: int = 10_000
+    batch_wait_us: int = 0  # see CheckBatcher: how long busy unary checks wait for company
 
     def __post_init__(self) -> None:
         if not self.key_prefix or any(c in self.key_prefix for c in "{}"):
             raise ValueError("key_prefix must be non-empty and contain no braces")
         if not 0.0 < self.fallback_share <= 1.0:
             raise ValueError("fallback_share must be in (0, 1]")
+        if self.batch_wait_us < 0:
+            raise ValueError("batch_wait_us must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,7 +520,9 @@ class Limiter:
     def _calls_for(self, shard: Shard) -> CheckBatcher:
         calls = self._calls.get(shard.name)
         if calls is None or calls.client is not shard.client:
-            calls = self._calls[shard.name] = CheckBatcher(shard.client)
+            calls = self._calls[shard.name] = CheckBatcher(
+                shard.client, batch_wait_us=self.options.batch_wait_us
+            )
         return calls
 
     def _enforced(self, p: _Planned, global_shadow: bool) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -312,15 +313,25 @@ class _Submission:
     future: asyncio.Future[CheckReply]
 
 
+RATE_WINDOW_S = 0.01  # how often CheckBatcher re-estimates its arrival rate
+# Submissions wait only while at least this many more are expected within the wait: then a
+# wait saves at least two script calls and round trips, and below that rate it would mostly
+# add latency for nothing.
+EXPECTED_COMPANY = 2
+
+
 class CheckBatcher:
     """Runs CHECK_LUA on one Redis, merging the decisions that wait for it into one call.
 
     ``submit`` queues one or more decisions (their KEYS and ARGV as CHECK_LUA takes them,
-    RESP-encoded, without the leading decision count) and returns a future. When no call is
-    in flight, what is queued is sent at the end of the event loop's turn, with whatever the
-    turn's other calls submit; otherwise it waits for the reply and then goes out together
-    with everything queued meanwhile (in calls of at most ``max_decisions``, pipelined), like
-    a group commit: a lone check waits for no one, and under load concurrent
+    RESP-encoded, without the leading decision count) and returns a future. When a call is
+    in flight, what is queued waits for its reply and then goes out together with everything
+    queued meanwhile (in calls of at most ``max_decisions``, pipelined), like a group commit.
+    Otherwise it is sent at the end of the event loop's turn, with whatever the turn's other
+    calls submit; or, when submissions have lately come closer together than
+    ``batch_wait_us`` (a busy server, whose unary checks arrive one per turn), once that wait
+    has passed, with the checks that came meanwhile (Gubernator's BatchWait, made adaptive).
+    So a lone check waits for no one, and under load concurrent
     checks share one script call and one round trip, which is what a check mostly costs the
     service and the shard. Replies are handled in the connection's callbacks, so a check
     costs one future and no task.
@@ -331,8 +342,14 @@ class CheckBatcher:
     consumed (which errs toward denying). ``NOSCRIPT`` reloads and retries once.
     """
 
-    def __init__(self, client: Redis, max_decisions: int = 256) -> None:
+    def __init__(self, client: Redis, max_decisions: int = 256, batch_wait_us: int = 0) -> None:
         self._client = client
+        self._wait_s = batch_wait_us / 1e6
+        # The arrival rate, re-estimated every RATE_WINDOW_S: busy when EXPECTED_COMPANY more
+        # submissions are expected within the wait.
+        self._since = -math.inf
+        self._count = 0
+        self._busy = False
         self._conn = hot_path_connection(client)
         self._head = b"$7\r\nEVALSHA\r\n" + resp(CHECK_SCRIPT.sha)
         self._load = b"*3\r\n" + resp("SCRIPT", "LOAD", CHECK_SCRIPT.source)
@@ -347,6 +364,11 @@ class CheckBatcher:
     def client(self) -> Redis:
         return self._client
 
+    @property
+    def busy(self) -> bool:
+        """Whether submissions now wait for company (the last rate estimate was high)."""
+        return self._busy
+
     def submit(
         self,
         keys: list[bytes],
@@ -360,11 +382,21 @@ class CheckBatcher:
         replies take ``reply_len`` values in all."""
         future: asyncio.Future[CheckReply] = asyncio.get_running_loop().create_future()
         self._pending.append(_Submission(keys, nkeys, args, nargs, decisions, reply_len, future))
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._count += 1
+        if now - self._since >= RATE_WINDOW_S:
+            self._busy = self._count * self._wait_s >= EXPECTED_COMPANY * (now - self._since)
+            self._since, self._count = now, 0
         if not (self._in_flight or self._flush_soon):
-            # Sent at the end of this turn of the event loop, together with what the other
-            # calls it runs submit meanwhile.
             self._flush_soon = True
-            asyncio.get_running_loop().call_soon(self._flush_queued)
+            if self._busy:
+                # Busy: another submission is expected within the wait, so wait for it.
+                loop.call_later(self._wait_s, self._flush_queued)
+            else:
+                # Sent at the end of this turn of the event loop, with what the turn's other
+                # calls submit meanwhile.
+                loop.call_soon(self._flush_queued)
         return future
 
     async def close(self) -> None:

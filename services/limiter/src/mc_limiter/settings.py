@@ -36,6 +36,13 @@ class LimiterSettings(ServiceSettings):
     )
     socket_timeout_ms: int = Field(100, ge=1, description="Redis socket timeout per shard.")
     probe_interval_ms: int = Field(250, ge=10, description="Probe of a shard marked down.")
+    batch_wait_us: int = Field(
+        1000,
+        ge=0,
+        le=10_000,
+        description="While a shard's checks arrive faster than two per this wait (2,000/s at "
+        "1 ms), each waits this long to share a script call with the next ones (0: never).",
+    )
     region_sync_ms: int = Field(150, ge=10, description="Multi-region usage sync interval.")
     fallback_share: float = Field(
         1.0, gt=0, le=1, description="This replica's share of the region (1 / replicas)."
