@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from limiter_support import gcra, sliding
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
@@ -23,21 +24,6 @@ from mc_limiter.scripts import resp
 from mc_limiter.sharding import PipelinedConnection
 
 MakeLimiter = Callable[..., Awaitable[Limiter]]
-HOUR_MS = 3_600_000
-
-
-def gcra(name: str, limit: int, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "algorithm": "gcra", "limit": limit, "window_ms": HOUR_MS, **extra}
-
-
-def sliding(name: str, limit: int, window_ms: int = HOUR_MS, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "algorithm": "sliding_window",
-        "limit": limit,
-        "window_ms": window_ms,
-        **extra,
-    }
 
 
 async def evalsha_calls(client: Redis) -> int:

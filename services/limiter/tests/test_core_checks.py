@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from limiter_support import gcra, sliding
 from prometheus_client import CollectorRegistry
 
 from mc_limiter.decisions import CheckRequest, LimitRef
@@ -17,25 +18,10 @@ from mc_limiter.limiter import Limiter
 from mc_limiter.metrics import LimiterMetrics
 
 MakeLimiter = Callable[..., Awaitable[Limiter]]
-HOUR_MS = 3_600_000
 
 
 def rule(rule_id: str, limits: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     return {"id": rule_id, "scope": "key", "limits": limits, **extra}
-
-
-def gcra(name: str, limit: int, window_ms: int = HOUR_MS, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "algorithm": "gcra", "limit": limit, "window_ms": window_ms, **extra}
-
-
-def sliding(name: str, limit: int, window_ms: int = HOUR_MS, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "algorithm": "sliding_window",
-        "limit": limit,
-        "window_ms": window_ms,
-        **extra,
-    }
 
 
 def used(decision: Any) -> dict[str, int]:
