@@ -224,37 +224,6 @@ async def closed_loop(
     return meter.stop(Throughput(counts[0], counts[1], seconds, latencies))
 
 
-async def open_loop(
-    call: Callable[[int], Awaitable[int]],
-    rate: float,
-    seconds: float,
-    server_cpu: Callable[[], float] | None = None,
-) -> Throughput:
-    """Send at a fixed offered `rate`; latency counts from the scheduled send time, so a server
-    that falls behind is charged for the queueing it causes (no coordinated omission)."""
-    interval = 1.0 / rate
-    start = time.perf_counter() + 0.05
-    total = int(rate * seconds)
-    latencies: list[float] = []
-    items = 0
-
-    async def one(i: int) -> None:
-        nonlocal items
-        scheduled = start + i * interval
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        done = await call(i)  # not `items += await ...`: that reads `items` before awaiting
-        items += done
-        latencies.append((time.perf_counter() - scheduled) * 1000)
-
-    meter = CpuMeter(server_cpu)
-    meter.start()
-    await asyncio.gather(*(one(i) for i in range(total)))
-    elapsed = time.perf_counter() - start
-    return meter.stop(Throughput(total, items, elapsed, latencies))
-
-
 def mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
@@ -276,10 +245,12 @@ async def paced_loop(
     seconds: float,
     server_cpu: Callable[[], float] | None = None,
 ) -> Paced:
-    """Like `open_loop`, but one pacing task starts each call when it is due (instead of a
-    sleeping task per call made up front, which costs the load generator more than the calls),
-    and it reports the rate this process actually offered: if the client cannot keep up, the
-    output says so rather than charging the server for it."""
+    """Send at a fixed offered `rate`; latency counts from each call's scheduled send time, so
+    a server that falls behind is charged for the queueing it causes (no coordinated omission).
+    One pacing task starts each call when it is due (a sleeping task per call made up front
+    costs the load generator more than the calls), and the rate this process actually offered
+    is reported: if the client cannot keep up, the output says so rather than charging the
+    server for it."""
     interval = 1.0 / rate
     total = int(rate * seconds)
     latencies: list[float] = []

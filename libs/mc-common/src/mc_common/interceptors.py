@@ -76,11 +76,35 @@ class _PlainStatus:
         self.trailing_metadata: tuple[tuple[str, str], ...] = ()
 
 
-class _CachingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps each method's handler once and reuses the wrapped handler for every call."""
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the error maps like any other."""
 
-    def __init__(self) -> None:
-        self._cache: dict[str, Handler | None] = {}
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Every MC server's per-call concerns, in this order, in one wrapper per method.
+
+    1. Observability: times and counts every RPC, logs failures, and is the one place where
+       domain errors become rich gRPC statuses (undecodable request bytes included).
+    2. Tenancy: binds tenant and principal from metadata and enforces the RPC's declared
+       access rule (the `(mc.common.v1.access)` option, ADR 0002).
+    3. Validation: enforces the request rules declared in the protos (PGV, ADR 0001).
+
+    They are one wrapper rather than three interceptors because grpc.aio runs each interceptor
+    and its wrapper as coroutines on every call. `mc_common.server` goes further and wraps the
+    handlers as services register them (`wrap_handler`), so no grpc interceptor runs at all;
+    as an interceptor this class does the same (wrapping each method's handler once), for
+    servers built otherwise.
+    """
+
+    def __init__(
+        self, metrics: RpcMetrics, access_overrides: Mapping[str, Access] | None = None
+    ) -> None:
+        self._metrics = metrics
+        self._overrides = dict(access_overrides or {})
+        self._cache: dict[str, Handler | None] = {}  # wrapped handlers, when an interceptor
 
     async def intercept_service(
         self,
@@ -113,45 +137,6 @@ class _CachingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 response_serializer=handler.response_serializer,
             )
         return handler  # client- and bidi-streaming RPCs: none exist in MC's contracts yet
-
-    def wrap_deserializer(self, deserializer: Any) -> Any:
-        return deserializer
-
-    def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
-        raise NotImplementedError
-
-    def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
-        raise NotImplementedError
-
-
-class _Undecodable:
-    """Stands in for a request whose bytes did not parse, so the error maps like any other."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-class ServerInterceptor(_CachingInterceptor):
-    """Every MC server's per-call concerns, in this order, in one wrapper per method.
-
-    1. Observability: times and counts every RPC, logs failures, and is the one place where
-       domain errors become rich gRPC statuses (undecodable request bytes included).
-    2. Tenancy: binds tenant and principal from metadata and enforces the RPC's declared
-       access rule (the `(mc.common.v1.access)` option, ADR 0002).
-    3. Validation: enforces the request rules declared in the protos (PGV, ADR 0001).
-
-    They are one wrapper rather than three interceptors because grpc.aio runs each interceptor
-    and its wrapper as coroutines on every call. `mc_common.server` goes further and wraps the
-    handlers as services register them (`wrap_handler`), so no grpc interceptor runs at all;
-    as an interceptor this class does the same, for servers built otherwise.
-    """
-
-    def __init__(
-        self, metrics: RpcMetrics, access_overrides: Mapping[str, Access] | None = None
-    ) -> None:
-        super().__init__()
-        self._metrics = metrics
-        self._overrides = dict(access_overrides or {})
 
     def wrap_deserializer(self, deserializer: Any) -> Any:
         """Undecodable request bytes become INVALID_ARGUMENT (grpc would say UNKNOWN)."""

@@ -380,9 +380,9 @@ class CheckBatcher:
     ) -> asyncio.Future[CheckReply]:
         """Queue ``decisions`` decisions: ``nkeys`` KEYS and ``nargs`` ARGV in RESP, whose
         replies take ``reply_len`` values in all."""
-        future: asyncio.Future[CheckReply] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Submission(keys, nkeys, args, nargs, decisions, reply_len, future))
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[CheckReply] = loop.create_future()
+        self._pending.append(_Submission(keys, nkeys, args, nargs, decisions, reply_len, future))
         now = loop.time()
         self._count += 1
         if now - self._since >= RATE_WINDOW_S:
@@ -391,7 +391,7 @@ class CheckBatcher:
         if not (self._in_flight or self._flush_soon):
             self._flush_soon = True
             if self._busy:
-                # Busy: another submission is expected within the wait, so wait for it.
+                # Busy: more submissions are expected within the wait, so wait for them.
                 loop.call_later(self._wait_s, self._flush_queued)
             else:
                 # Sent at the end of this turn of the event loop, with what the turn's other

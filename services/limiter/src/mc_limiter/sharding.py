@@ -184,22 +184,22 @@ class _Resp(asyncio.Protocol):
     def fail(self, error: Exception) -> None:
         """Fail every waiting call and drop the connection (later replies could no longer be
         matched to their calls)."""
-        self.lost = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._give_up()
         if self._transport is not None:
             self._transport.abort()
         while self._waiting:
             self._waiting.popleft()[0](error)
 
     def close(self) -> None:
+        self._give_up()
+        if self._transport is not None:
+            self._transport.close()
+
+    def _give_up(self) -> None:
         self.lost = True
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        if self._transport is not None:
-            self._transport.close()
 
 
 def _into(future: asyncio.Future[Any]) -> OnReply:
