@@ -16,6 +16,8 @@ from typing import Any
 import helm_python as helm
 import pytest
 
+from mc_common.manifest import load_services
+
 CHART_DIR = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "maestro-conductor"
 RELEASE = "mc"
 WARNING = 2  # lint severities: 1 info, 2 warning, 3 error
@@ -31,9 +33,10 @@ class Expected:
     metrics_port: int
 
 
+# Derived from the services' declarations (mc_common.manifest), never listed here by hand.
 SERVICES = {
-    "pql": Expected("MC_PQL_", ["mc-pql"], 7301, 9301),
-    "limiter": Expected("MC_LIMITER_", ["mc-limiter"], 7302, 9302),
+    m.name: Expected(m.env_prefix, [m.command], m.grpc_port, m.metrics_port)
+    for m in load_services()
 }
 
 
@@ -92,7 +95,7 @@ def test_default_render_has_a_deployment_and_service_per_component(chart: helm.C
     assert set(of_kind(objects, "PodDisruptionBudget")) == set(SERVICES)
     assert of_kind(objects, "ServiceMonitor") == {}
     names = [o["metadata"]["name"] for o in objects if o["kind"] == "Deployment"]
-    assert sorted(names) == ["mc-maestro-conductor-limiter", "mc-maestro-conductor-pql"]
+    assert sorted(names) == [f"mc-maestro-conductor-{name}" for name in sorted(SERVICES)]
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -22,70 +22,28 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mc_common.signing import PemSigner
+from mc_common.manifest import DevContext, ServiceManifest, load_services
 from mc_common.testing import infra
 
 
-@dataclass(frozen=True)
-class Infra:
-    """Where the fleet's backing services are."""
-
-    postgres_dsn: str
-    redis_url: str
-    kafka_bootstrap: str
-    data_dir: Path
+class FleetError(RuntimeError):
+    """The fleet cannot start; the message is one line saying what to fix."""
 
 
-@dataclass(frozen=True)
-class ServiceDef:
-    """One service of the fleet: its module and how its environment is built."""
-
-    name: str
-    module: str
-    env: Callable[[Infra, int, int], dict[str, str]]
-    grpc_port: int
-    metrics_port: int
-
-
-def _pql_env(env: Infra, grpc_port: int, metrics_port: int) -> dict[str, str]:
-    key = env.data_dir / "pql-signing-key.pem"
-    if not key.exists():
-        PemSigner.generate().save(key)
-    return {
-        "MC_PQL_POSTGRES_DSN": env.postgres_dsn,
-        "MC_PQL_SIGNING_KEY_PATH": str(key),
-        "MC_PQL_KAFKA_BOOTSTRAP": env.kafka_bootstrap,
-        "MC_PQL_GRPC_PORT": str(grpc_port),
-        "MC_PQL_METRICS_PORT": str(metrics_port),
-    }
-
-
-def _limiter_env(env: Infra, grpc_port: int, metrics_port: int) -> dict[str, str]:
-    return {
-        "MC_LIMITER_REDIS_URLS": env.redis_url,
-        "MC_LIMITER_KAFKA_BOOTSTRAP": env.kafka_bootstrap,
-        "MC_LIMITER_GRPC_PORT": str(grpc_port),
-        "MC_LIMITER_METRICS_PORT": str(metrics_port),
-    }
-
-
-def _module_exists(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-SERVICES: tuple[ServiceDef, ...] = (
-    ServiceDef("pql", "mc_pql.main", _pql_env, grpc_port=7301, metrics_port=9301),
-    ServiceDef("limiter", "mc_limiter.main", _limiter_env, grpc_port=7302, metrics_port=9302),
-)
+def select_services(only: tuple[str, ...] = ()) -> tuple[ServiceManifest, ...]:
+    """The declared services, or those named in `only` (an unknown name is an error)."""
+    services = load_services()
+    names = [m.name for m in services]
+    if unknown := sorted(set(only) - set(names)):
+        raise FleetError(f"unknown service {', '.join(unknown)}; services: {', '.join(names)}")
+    return tuple(m for m in services if not only or m.name in only)
 
 
 @dataclass
 class RunningService:
     """A started child process and its endpoints."""
 
-    definition: ServiceDef
+    definition: ServiceManifest
     process: subprocess.Popen[bytes]
     grpc_port: int
     metrics_port: int
@@ -104,10 +62,11 @@ class Fleet:
     data_dir: Path
     only: tuple[str, ...] = ()
     broker: infra.TansuBroker | None = None
-    infra: Infra | None = None
+    infra: DevContext | None = None
     services: list[RunningService] = field(default_factory=list)
+    selected: tuple[ServiceManifest, ...] = ()
 
-    def start_infra(self) -> Infra:
+    def start_infra(self) -> DevContext:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         admin_dsn = os.environ.get("MC_POSTGRES_DSN") or infra.postgres_dsn()
         dsn = _ensure_database(admin_dsn, os.environ.get("MC_DEV_DATABASE", "mc_dev"))
@@ -116,16 +75,12 @@ class Fleet:
         if not kafka:
             self.broker = infra.start_tansu()
             kafka = self.broker.bootstrap_servers
-        self.infra = Infra(dsn, redis, kafka, self.data_dir)
+        self.infra = DevContext(dsn, redis, kafka, self.data_dir)
         return self.infra
 
     def start_services(self) -> None:
         assert self.infra is not None
-        for definition in SERVICES:
-            if self.only and definition.name not in self.only:
-                continue
-            if not _module_exists(definition.module):
-                continue
+        for definition in self.selected or select_services(self.only):
             grpc_port = _port_or_free(definition.grpc_port)
             metrics_port = _port_or_free(definition.metrics_port)
             env = {**os.environ, **definition.env(self.infra, grpc_port, metrics_port)}
@@ -200,6 +155,7 @@ class Fleet:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Fleet]:
+        self.selected = select_services(self.only)  # an unknown name fails before anything starts
         try:
             self.start_infra()
             self.start_services()

@@ -1,0 +1,27 @@
+"""The limiter's declaration (entry point `mc.services: limiter`); see
+docs/adding-a-service.md."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mc_common.manifest import DevContext, Infra, ServiceManifest
+from mc_limiter.settings import LimiterSettings
+
+
+def dev_env(context: DevContext) -> Mapping[str, str]:
+    """The fleet's Redis as the only shard, and the broker for decision events."""
+    return {"REDIS_URLS": context.redis_url, "KAFKA_BOOTSTRAP": context.kafka_bootstrap}
+
+
+MANIFEST = ServiceManifest(
+    name="limiter",
+    module="mc_limiter.main",
+    command="mc-limiter",
+    settings=LimiterSettings,
+    grpc_port=7302,
+    metrics_port=9302,
+    api="`mc.limiter.v1.LimiterService`, `FairShareService`, Envoy `RateLimitService`",
+    needs=frozenset({Infra.REDIS, Infra.KAFKA}),
+    dev_env=dev_env,
+)
