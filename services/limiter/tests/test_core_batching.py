@@ -20,8 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from mc_limiter.decisions import CheckRequest, LimitRef, Source
 from mc_limiter.errors import CostExceedsCapacityError
 from mc_limiter.limiter import Limiter
-from mc_limiter.scripts import resp
-from mc_limiter.sharding import PipelinedConnection
+from mc_limiter.redis_client import PipelinedConnection, resp
 
 MakeLimiter = Callable[..., Awaitable[Limiter]]
 
@@ -130,7 +129,7 @@ async def test_sparse_checks_do_not_wait(make_limiter: MakeLimiter) -> None:
     await limiter.put_rule({"id": "r", "scope": "key", "limits": [gcra("g", 200)]}, actor="t")
     for _ in range(4):  # 20 checks/s
         assert (await limiter.check("acme", "", "k")).allowed
-        batcher = limiter._calls["s0"]  # the shard's batcher (made by the first check)
+        batcher = limiter.executor.batcher_for(limiter.router.get("s0"))  # the shard's batcher
         assert not batcher.busy
         await asyncio.sleep(0.05)
     # A burst of 100 in 20 ms (5,000/s; busy even if the sleep took 100 ms): from the next

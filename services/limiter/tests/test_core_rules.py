@@ -6,14 +6,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 import pytest
 
+from mc_common.errors import FailedPrecondition, InvalidArgument, MCError, NotFound
 from mc_limiter.audit import MemoryAuditSink
 from mc_limiter.decisions import UNLIMITED, CheckRequest
 from mc_limiter.errors import (
     CostExceedsCapacityError,
-    InvalidArgumentError,
-    LimiterError,
     NoMatchingRuleError,
     RevisionMismatchError,
     RuleNotFoundError,
@@ -76,9 +76,9 @@ def rule_data(**overrides: Any) -> dict[str, Any]:
     ],
 )
 def test_invalid_rules_name_the_field(overrides: dict[str, Any], field: str) -> None:
-    with pytest.raises(InvalidArgumentError) as info:
+    with pytest.raises(InvalidArgument) as info:
         parse_rule(rule_data(**overrides))
-    assert info.value.code == "INVALID_ARGUMENT"
+    assert info.value.grpc_code is grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in info.value.violations] == [field]
 
 
@@ -92,11 +92,13 @@ def test_valid_rule_defaults() -> None:
 
 
 def test_error_hierarchy_carries_grpc_codes() -> None:
-    assert issubclass(RuleNotFoundError, LimiterError)
-    assert RuleNotFoundError("x").code == "NOT_FOUND"
-    assert NoMatchingRuleError("t", "", "k").code == "NOT_FOUND"
-    assert CostExceedsCapacityError("r", "l", 5, 3).code == "FAILED_PRECONDITION"
-    assert RevisionMismatchError("r", 1, 2).code == "FAILED_PRECONDITION"
+    # One hierarchy: the limiter's errors are leaves of mc_common's, with their reasons.
+    assert issubclass(RuleNotFoundError, NotFound) and issubclass(RuleNotFoundError, MCError)
+    assert RuleNotFoundError("x").grpc_code is grpc.StatusCode.NOT_FOUND
+    assert RuleNotFoundError("x").reason == "RULE_NOT_FOUND"
+    assert NoMatchingRuleError("t", "", "k").grpc_code is grpc.StatusCode.NOT_FOUND
+    assert isinstance(CostExceedsCapacityError("r", "l", 5, 3), FailedPrecondition)
+    assert RevisionMismatchError("r", 1, 2).reason == "REVISION_MISMATCH"
 
 
 async def test_rule_store_crud_with_revisions(make_limiter: MakeLimiter) -> None:
@@ -147,17 +149,17 @@ async def test_bad_check_input_is_rejected_before_anything_happens(
 ) -> None:
     limiter = await make_limiter()
     await limiter.put_rule(rule_data(), actor="ops")
-    with pytest.raises(InvalidArgumentError) as info:
+    with pytest.raises(InvalidArgument) as info:
         await limiter.check("", "tok", "/v1/jobs")
     assert info.value.violations[0].field == "tenant"
-    with pytest.raises(InvalidArgumentError) as info:
+    with pytest.raises(InvalidArgument) as info:
         await limiter.check("acme", "tok", "/v1/jobs", -1)
     assert info.value.violations[0].field == "cost"
     with pytest.raises(NoMatchingRuleError):
         await limiter.check("acme", "tok", "/v2/unknown")
     with pytest.raises(CostExceedsCapacityError):
         await limiter.check("acme", "tok", "/v1/jobs", 11)
-    with pytest.raises(InvalidArgumentError) as info:
+    with pytest.raises(InvalidArgument) as info:
         await limiter.check_batch(
             [CheckRequest("acme", "tok", "/v1/a"), CheckRequest("acme", "tok", "/v1/b", -3)]
         )
@@ -186,9 +188,9 @@ async def test_throttle_levels_emit_audit_records(make_limiter: MakeLimiter) -> 
     assert limiter.throttle_level("acme") is ThrottleLevel.MODERATE
     await limiter.set_throttle("acme", ThrottleLevel.NONE, actor="incidents")
     assert audit.events[-1].before == "moderate" and audit.events[-1].after == "none"
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(InvalidArgument):
         await limiter.set_throttle("acme", "extreme", actor="incidents")
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(InvalidArgument):
         await limiter.set_throttle("acme", "mild", actor="")
     shadow = await limiter.set_global_shadow(True, actor="sre")
     assert shadow.action == "limiter.shadow.global" and shadow.after is True

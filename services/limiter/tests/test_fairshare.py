@@ -18,17 +18,15 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import grpc
 import pytest
 from redis.asyncio import Redis
 
+from mc_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from mc_limiter.errors import LeaseExpiredError
 from mc_limiter.fairshare import (
-    FailedPreconditionError,
     FairShareDispatcher,
-    FairShareError,
     Grant,
-    InvalidArgumentError,
-    LeaseExpiredError,
-    NotFoundError,
     ReleaseStatus,
     TicketState,
     weighted_fair_shares,
@@ -459,7 +457,7 @@ async def test_expired_leases_are_reclaimed_and_redispatched(
     assert (await d.poll("a", "1")).state is TicketState.GRANTED
     with pytest.raises(LeaseExpiredError) as expired:
         await d.renew("b", "1")
-    assert expired.value.code == "FAILED_PRECONDITION"
+    assert expired.value.grpc_code is grpc.StatusCode.FAILED_PRECONDITION
     late = await d.release("a", "2")
     assert not late.released
     stats = await d.stats()
@@ -467,7 +465,7 @@ async def test_expired_leases_are_reclaimed_and_redispatched(
     assert stats.counters["expired"] == 2
     assert (await d.acquire("c", "1")).state is TicketState.GRANTED  # the third slot is free
     assert (await d.cancel("a", "2")).previous_state is TicketState.EXPIRED
-    with pytest.raises(NotFoundError):
+    with pytest.raises(NotFound):
         await d.poll("a", "2")
 
 
@@ -481,9 +479,9 @@ async def test_acquire_is_idempotent_and_cancel_withdraws_queued_work(
     assert (await d.acquire("b", "2")).queue_position == 1
     assert (await d.cancel("b", "1")).previous_state is TicketState.QUEUED
     assert (await d.poll("b", "2")).queue_position == 0
-    with pytest.raises(FailedPreconditionError) as queued:
+    with pytest.raises(FailedPrecondition) as queued:
         await d.release("b", "2")
-    assert queued.value.code == "FAILED_PRECONDITION"
+    assert queued.value.grpc_code is grpc.StatusCode.FAILED_PRECONDITION
     released = await d.release("a", "1")
     assert [(g.tenant, g.request_id) for g in released.dispatched] == [("b", "2")]
     stats = await d.stats()
@@ -528,9 +526,9 @@ async def test_bad_input_is_rejected_and_changes_nothing(
     redis_client: Redis, redis_prefix: str, prefix: str, call: object, field: str
 ) -> None:
     d = FairShareDispatcher(redis_client, key_prefix=prefix, capacity=2)
-    with pytest.raises(InvalidArgumentError) as error:
+    with pytest.raises(InvalidArgument) as error:
         await call(d)  # type: ignore[operator]
-    assert error.value.code == "INVALID_ARGUMENT"
+    assert error.value.grpc_code is grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in error.value.violations] == [field]
     assert [k async for k in redis_client.scan_iter(match=redis_prefix + "*")] == []
 
@@ -538,12 +536,12 @@ async def test_bad_input_is_rejected_and_changes_nothing(
 async def test_unknown_requests_are_not_found(redis_client: Redis, prefix: str) -> None:
     d = FairShareDispatcher(redis_client, key_prefix=prefix, capacity=2)
     for call in (d.poll, d.release, d.cancel, d.renew):
-        with pytest.raises(NotFoundError) as error:
+        with pytest.raises(NotFound) as error:
             await call("a", "missing")
-        assert error.value.code == "NOT_FOUND"
-        assert isinstance(error.value, FairShareError)
+        assert error.value.grpc_code is grpc.StatusCode.NOT_FOUND
+        assert error.value.reason == "NOT_FOUND"
     assert (await d.release_many([("a", "missing")])).statuses == (ReleaseStatus.NOT_FOUND,)
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(InvalidArgument):
         FairShareDispatcher(redis_client, key_prefix=prefix, capacity=0)
 
 

@@ -49,6 +49,8 @@ class MCError(Exception):
 
     grpc_code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
     default_reason: str = "UNKNOWN"
+    # Set by batch operations that fail as a whole: which item of the batch is at fault.
+    request_index: int | None = None
 
     def __init__(
         self,

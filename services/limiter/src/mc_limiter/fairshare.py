@@ -21,26 +21,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from mc_common.errors import (
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    MCError,
-    NotFound,
-)
+from mc_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from mc_limiter import fairshare_lua
+from mc_limiter.errors import LeaseExpiredError
 
 __all__ = [
     "AcquireBatch",
     "CancelResult",
-    "FailedPreconditionError",
     "FairShareDispatcher",
-    "FairShareError",
     "FairShareStats",
     "Grant",
-    "InvalidArgumentError",
-    "LeaseExpiredError",
-    "NotFoundError",
     "ReleaseBatch",
     "ReleaseResult",
     "ReleaseStatus",
@@ -57,40 +47,6 @@ MAX_LEASE_MS = 24 * 3600 * 1000
 _SEP = "\x1f"
 # The Lua side joins tenant and request id with \x1f, so control characters are refused.
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class FairShareError(MCError):
-    """FairShareError is the base of the dispatcher's errors; ``code`` names the gRPC status.
-
-    They are ``mc_common.errors`` errors, so the server's error interceptor maps them (with
-    BadRequest / PreconditionFailure details) without per-RPC handling.
-    """
-
-    @property
-    def code(self) -> str:
-        """The gRPC status name, e.g. ``"INVALID_ARGUMENT"``."""
-        return self.grpc_code.name
-
-
-class InvalidArgumentError(FairShareError, InvalidArgument):
-    """InvalidArgumentError reports bad input; its one violation names the argument."""
-
-    def __init__(self, argument: str, description: str) -> None:
-        super().__init__(f"{argument}: {description}", [FieldViolation(argument, description)])
-
-
-class NotFoundError(FairShareError, NotFound):
-    """NotFoundError means the dispatcher holds no request with that tenant and id."""
-
-
-class FailedPreconditionError(FairShareError, FailedPrecondition):
-    """FailedPreconditionError means the request exists but is in the wrong state."""
-
-
-class LeaseExpiredError(FailedPreconditionError):
-    """LeaseExpiredError means the grant's lease ran out and its slot was reclaimed."""
-
-    default_reason = "LEASE_EXPIRED"
 
 
 class TicketState(StrEnum):
@@ -227,26 +183,26 @@ def _pairs(flat: Sequence[Any]) -> dict[str, str]:
 
 def _check_id(field: str, value: str) -> None:
     if not isinstance(value, str) or not value:
-        raise InvalidArgumentError(field, "must be a non-empty string")
+        raise InvalidArgument.field(field, "must be a non-empty string")
     if len(value) > MAX_ID_LENGTH:
-        raise InvalidArgumentError(field, f"must be at most {MAX_ID_LENGTH} characters")
+        raise InvalidArgument.field(field, f"must be at most {MAX_ID_LENGTH} characters")
     if _CONTROL_CHARS.search(value):
-        raise InvalidArgumentError(field, "must not contain control characters")
+        raise InvalidArgument.field(field, "must not contain control characters")
 
 
 def _check_lease(lease_ms: int) -> None:
     if isinstance(lease_ms, bool) or not isinstance(lease_ms, int):
-        raise InvalidArgumentError("lease_ms", "must be an integer")
+        raise InvalidArgument.field("lease_ms", "must be an integer")
     if not 0 < lease_ms <= MAX_LEASE_MS:
-        raise InvalidArgumentError("lease_ms", f"must be in (0, {MAX_LEASE_MS}]")
+        raise InvalidArgument.field("lease_ms", f"must be in (0, {MAX_LEASE_MS}]")
 
 
 def _check_weight(field: str, weight: float) -> float:
     if isinstance(weight, bool) or not isinstance(weight, int | float):
-        raise InvalidArgumentError(field, "must be a number")
+        raise InvalidArgument.field(field, "must be a number")
     value = float(weight)
     if not math.isfinite(value) or not 0 < value <= MAX_WEIGHT:
-        raise InvalidArgumentError(field, f"must be finite and in (0, {MAX_WEIGHT:g}]")
+        raise InvalidArgument.field(field, f"must be finite and in (0, {MAX_WEIGHT:g}]")
     return value
 
 
@@ -264,7 +220,7 @@ def _ticket(tenant: str, request_id: str, state: str, value: Any) -> Ticket:
         return Ticket(tenant, request_id, TicketState.QUEUED, queue_position=int(value))
     if state == "X":
         return Ticket(tenant, request_id, TicketState.EXPIRED)
-    raise NotFoundError(f"no request {request_id!r} for tenant {tenant!r}")
+    raise NotFound(f"no request {request_id!r} for tenant {tenant!r}")
 
 
 _STATE_NAMES = {"G": TicketState.GRANTED, "Q": TicketState.QUEUED, "X": TicketState.EXPIRED}
@@ -299,12 +255,12 @@ class FairShareDispatcher:
         clock: Callable[[], int] | None = None,
     ) -> None:
         if not key_prefix:
-            raise InvalidArgumentError("key_prefix", "must be non-empty")
+            raise InvalidArgument.field("key_prefix", "must be non-empty")
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise InvalidArgumentError("capacity", "must be a positive integer")
+            raise InvalidArgument.field("capacity", "must be a positive integer")
         _check_lease(default_lease_ms)
         if isinstance(tombstone_ms, bool) or not isinstance(tombstone_ms, int) or tombstone_ms < 1:
-            raise InvalidArgumentError("tombstone_ms", "must be a positive integer")
+            raise InvalidArgument.field("tombstone_ms", "must be a positive integer")
         self._redis = redis
         self._prefix = key_prefix
         self._capacity = capacity
@@ -358,15 +314,15 @@ class FairShareDispatcher:
     async def release(self, tenant: str, request_id: str) -> ReleaseResult:
         """Free a granted slot; the slot goes to the tenant furthest below its share.
 
-        Raises NotFoundError for an unknown request and FailedPreconditionError for one that is
+        Raises NotFound for an unknown request and FailedPrecondition for one that is
         still queued (use ``cancel``). A lease that already expired returns ``released=False``.
         """
         batch = await self.release_many([(tenant, request_id)])
         status = batch.statuses[0]
         if status is ReleaseStatus.NOT_FOUND:
-            raise NotFoundError(f"no request {request_id!r} for tenant {tenant!r}")
+            raise NotFound(f"no request {request_id!r} for tenant {tenant!r}")
         if status is ReleaseStatus.QUEUED:
-            raise FailedPreconditionError(f"request {request_id!r} is queued; cancel it instead")
+            raise FailedPrecondition(f"request {request_id!r} is queued; cancel it instead")
         return ReleaseResult(status is ReleaseStatus.RELEASED, batch.dispatched)
 
     async def release_many(self, requests: Sequence[tuple[str, str]]) -> ReleaseBatch:
@@ -382,7 +338,7 @@ class FairShareDispatcher:
         state, dispatched = await self._run(self._cancel, tenant, request_id)
         previous = _STATE_NAMES.get(_text(state))
         if previous is None:
-            raise NotFoundError(f"no request {request_id!r} for tenant {tenant!r}")
+            raise NotFound(f"no request {request_id!r} for tenant {tenant!r}")
         return CancelResult(previous, _grants(dispatched))
 
     async def renew(self, tenant: str, request_id: str, *, lease_ms: int | None = None) -> Ticket:
@@ -397,7 +353,7 @@ class FairShareDispatcher:
         if ticket.state is TicketState.EXPIRED:
             raise LeaseExpiredError(f"lease of {request_id!r} for tenant {tenant!r} expired")
         if ticket.state is TicketState.QUEUED:
-            raise FailedPreconditionError(f"request {request_id!r} is queued, not granted")
+            raise FailedPrecondition(f"request {request_id!r} is queued, not granted")
         return ticket
 
     async def poll(self, tenant: str, request_id: str) -> Ticket:
@@ -416,9 +372,9 @@ class FairShareDispatcher:
         any) must exceed ``recheck_s``. Returns the last ticket seen, still QUEUED on timeout.
         """
         if not timeout_s >= 0:
-            raise InvalidArgumentError("timeout_s", "must be >= 0")
+            raise InvalidArgument.field("timeout_s", "must be >= 0")
         if not recheck_s > 0:
-            raise InvalidArgumentError("recheck_s", "must be > 0")
+            raise InvalidArgument.field("recheck_s", "must be > 0")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         note_key = f"{self._prefix}:n:{tenant}{_SEP}{request_id}"
@@ -476,9 +432,9 @@ class FairShareDispatcher:
 
     def _flatten(self, requests: Sequence[tuple[str, str]]) -> list[str]:
         if not requests:
-            raise InvalidArgumentError("requests", "must not be empty")
+            raise InvalidArgument.field("requests", "must not be empty")
         if len(requests) > MAX_BATCH:
-            raise InvalidArgumentError("requests", f"at most {MAX_BATCH} per call")
+            raise InvalidArgument.field("requests", f"at most {MAX_BATCH} per call")
         flat: list[str] = []
         for tenant, request_id in requests:
             self._check_pair(tenant, request_id)

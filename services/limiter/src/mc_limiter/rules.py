@@ -25,7 +25,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mc_limiter.errors import FieldViolation, InvalidArgumentError
+from mc_common.errors import FieldViolation, InvalidArgument
 
 MAX_WINDOW_MS = 400 * 24 * 3600 * 1000
 MAX_LIMIT = 1_000_000_000
@@ -188,19 +188,19 @@ class StoredRule:
 
 
 def parse_rule(data: Mapping[str, Any]) -> Rule:
-    """Validate a rule from plain data, raising ``InvalidArgumentError`` with field paths."""
+    """Validate a rule from plain data, raising ``InvalidArgument`` with field paths."""
     try:
         return Rule.model_validate(data)
     except ValidationError as exc:
         raise invalid_argument_from(exc) from None
 
 
-def invalid_argument_from(exc: ValidationError, prefix: str = "") -> InvalidArgumentError:
+def invalid_argument_from(exc: ValidationError, prefix: str = "") -> InvalidArgument:
     violations = [
         FieldViolation(_field_path(err["loc"], prefix), err["msg"]) for err in exc.errors()
     ]
     summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
-    return InvalidArgumentError(f"invalid rule: {summary}", violations)
+    return InvalidArgument(f"invalid rule: {summary}", violations)
 
 
 def _field_path(loc: tuple[int | str, ...], prefix: str) -> str:

@@ -21,14 +21,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS, hot_path_connection
+from mc_limiter.redis_client import hot_path_connection, resp, resp_int
+from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS
 
 # Values per limit in CHECK_LUA's ARGV and in its reply (see below).
 LIMIT_ARGS = 7
@@ -270,36 +271,6 @@ REFUND_SCRIPT = LuaScript.of(REFUND_LUA)
 # A ``CheckBatcher`` future's result: the reply of the script call that carried the
 # submission, and the index in it of the submission's first value (its first ``all_ok``).
 CheckReply = tuple[list[Any], int]
-
-
-def resp(*values: str | int) -> bytes:
-    """``values`` as RESP bulk strings: a command is ``*<count>`` and then these."""
-    out = []
-    for value in values:
-        data = value.encode() if isinstance(value, str) else str(value).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-_SMALL = [resp(n) for n in range(1025)]
-
-
-def resp_int(n: int) -> bytes:
-    """``resp(n)``, with the usual small numbers (costs, counts) encoded once."""
-    return _SMALL[n] if 0 <= n < len(_SMALL) else resp(n)
-
-
-@dataclass(frozen=True, slots=True)
-class Packed:
-    """Part of a command encoded once (``count`` RESP bulk strings): the hot path reuses
-    the encoding of each limit's KEYS and ARGV instead of packing them on every call."""
-
-    data: bytes
-    count: int
-
-    @classmethod
-    def of(cls, values: Sequence[str | int]) -> Packed:
-        return cls(resp(*values), len(values))
 
 
 @dataclass(slots=True)
