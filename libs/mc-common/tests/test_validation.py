@@ -42,3 +42,39 @@ def test_required_oneof() -> None:
     with pytest.raises(InvalidArgument) as err:
         validate_request(svc.RecordReceiptRequest())
     assert [v.field for v in err.value.violations] == ["receipt"]
+
+
+def test_nul_in_any_text_field_is_a_violation_with_its_path() -> None:
+    request = svc.RecordExecutionRequest(
+        execution=pb.Execution(
+            execution_id="e",
+            package=pb.PackageRef(name="p", version="1", digest=GOOD_SHA),
+            status="a\x00",
+            labels={"k\x00": "v", "ok": "v\x00"},
+        )
+    )
+    fields = {v.field for v in field_violations(request)}
+    assert {"execution.status", "execution.labels['k\\x00']", "execution.labels['ok']"} <= fields
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "ok"),
+    [
+        (253_402_300_799, 999_999_999, True),  # 9999-12-31T23:59:59.999999999Z
+        (253_402_300_800, 0, False),  # 10000-01-01
+        (-62_135_596_800, 0, True),  # 0001-01-01
+        (-62_135_596_801, 0, False),
+        (0, -1, False),
+        (0, 1_000_000_000, False),
+    ],
+)
+def test_timestamps_outside_their_defined_range_are_violations(
+    seconds: int, nanos: int, ok: bool
+) -> None:
+    request = svc.RecordPolicyDecisionRequest(
+        decision=pb.PolicyDecision(decision_id="d", policy="p")
+    )
+    request.decision.decided_at.seconds = seconds
+    request.decision.decided_at.nanos = nanos
+    fields = [v.field for v in field_violations(request)]
+    assert ("decision.decided_at" in fields) is not ok

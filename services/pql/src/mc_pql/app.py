@@ -52,7 +52,13 @@ class PqlApp:
             await pool.close()
             raise
         store = ProvenanceStore(pool)
-        provenance = Provenance(store, signer, trusted, max_batch=settings.max_batch_receipts)
+        provenance = Provenance(
+            store,
+            signer,
+            trusted,
+            max_batch=settings.max_batch_receipts,
+            page_tokens=settings.page_tokens(),
+        )
         app = cls(settings, pool, store, provenance)
         if settings.kafka_bootstrap:
             app.consumer = EventConsumer(

@@ -15,7 +15,6 @@ from mc_common.receipts import (
     ReceiptBody,
     ReceiptStatement,
     Subject,
-    rfc3339_sort_key,
     utc_timestamp,
     utc_timestamp_at,
 )
@@ -27,6 +26,7 @@ from mc_pql.models import (
     Verification,
 )
 from mc_pql.provenance import ContentSubmission
+from mc_pql.rules import body_to_content
 
 
 def _dt(ts: Timestamp) -> datetime:
@@ -45,11 +45,6 @@ def _ts(value: datetime | None) -> Timestamp | None:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _ts_from_text(value: str) -> Timestamp:
-    moment, nanos = rfc3339_sort_key(value)  # cached parse of the receipt's own format
-    return Timestamp(seconds=int(moment.timestamp()), nanos=nanos)
 
 
 # pydantic field locations of ReceiptBody -> the request fields they came from.
@@ -153,40 +148,7 @@ def _now_text() -> str:
 
 
 def statement_to_content(statement: ReceiptStatement) -> pb.ReceiptContent:
-    p = statement.predicate
-    return pb.ReceiptContent(
-        execution_id=p.execution_id,
-        package=pb.PackageRef(
-            name=p.package.name, version=p.package.version, digest=p.package.digest
-        ),
-        subjects=[
-            pb.Subject(name=s.name, sha256=s.digest.get("sha256", "")) for s in statement.subject
-        ],
-        steps=[
-            pb.Step(
-                name=s.name,
-                status=s.status,
-                started_at=_ts_from_text(s.started_at),
-                finished_at=_ts_from_text(s.finished_at),
-                outputs=[pb.StepOutput(name=o.name, sha256=o.sha256) for o in s.outputs],
-            )
-            for s in p.steps
-        ],
-        policy_decisions=[
-            pb.DecisionRef(
-                decision_id=d.decision_id,
-                policy=d.policy,
-                rule=d.rule,
-                allow=d.allow,
-                reason=d.reason,
-            )
-            for d in p.policy_decisions
-        ],
-        cost=pb.Cost(currency=p.cost.currency, amount_micros=p.cost.amount_micros),
-        started_at=_ts_from_text(p.timing.started_at),
-        finished_at=_ts_from_text(p.timing.finished_at),
-        region=p.region,
-    )
+    return body_to_content(statement.predicate, statement.subject)
 
 
 def verification_to_proto(verification: Verification) -> pb.VerificationStatus:

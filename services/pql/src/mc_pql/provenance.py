@@ -7,8 +7,7 @@ Nothing read from the database is trusted: each receipt is verified as it is rea
 
 from __future__ import annotations
 
-import base64
-import json
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from mc_common.errors import (
     NotFound,
     PermissionDenied,
 )
+from mc_common.pagetokens import PageTokenError, PageTokens
 from mc_common.receipts import (
     ChainLink,
     ReceiptBody,
@@ -32,6 +32,7 @@ from mc_common.receipts import (
     verify_receipt,
 )
 from mc_common.signing import (
+    IN_TOTO_PAYLOAD_TYPE,
     Envelope,
     KeyRing,
     PublicKey,
@@ -39,6 +40,7 @@ from mc_common.signing import (
     Signer,
     verify_envelope_detailed,
 )
+from mc_pql import rules
 from mc_pql.chain_writer import ChainWriter, PreparedReceipt
 from mc_pql.client_statement import (
     CLIENT_SUBJECT,
@@ -92,22 +94,30 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def _token(tenant: str, key: list[Any]) -> str:
-    raw = json.dumps({"t": tenant, "k": key}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+# Listings, as page tokens name them: a token of one is refused by every other.
+LIST_EXECUTIONS = "mc.pql.v1.executions"
+LIST_RECEIPTS = "mc.pql.v1.receipts"
+LIST_DECISIONS = "mc.pql.v1.decisions"
 
 
-def _untoken(tenant: str, token: str) -> list[Any] | None:
-    if not token:
+def _time_position(position: list[str | int] | None) -> tuple[datetime, str] | None:
+    """(time, id) of a position this service issued; a token we signed always has one."""
+    if position is None:
         return None
+    if len(position) != 2 or not all(isinstance(p, str) for p in position):
+        raise PageTokenError()
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        obj = json.loads(raw)
-        if obj["t"] != tenant or not isinstance(obj["k"], list):
-            raise ValueError("token of another listing")
-        return list(obj["k"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument.field("page_token", "not a page token of this listing") from exc
+        return datetime.fromisoformat(str(position[0])), str(position[1])
+    except ValueError as exc:
+        raise PageTokenError() from exc
+
+
+def _sequence_position(position: list[str | int] | None) -> int:
+    if position is None:
+        return 0
+    if len(position) != 1 or not isinstance(position[0], int) or position[0] < 0:
+        raise PageTokenError()
+    return position[0]
 
 
 def _page_size(size: int) -> int:
@@ -124,9 +134,11 @@ class Provenance:
         trusted_keys: Sequence[PublicKey] = (),
         *,
         max_batch: int = 256,
+        page_tokens: PageTokens | None = None,
     ) -> None:
         self._store = store
         self._signer = signer
+        self._tokens = page_tokens or PageTokens([secrets.token_bytes(32)])
         self._service_keys = KeyRing([PublicKey.from_pem(signer.public_key_pem()), *trusted_keys])
         self._writer = ChainWriter(store, signer, max_batch=max_batch)
 
@@ -154,13 +166,18 @@ class Provenance:
         self, tenant: str, page_size: int, page_token: str
     ) -> tuple[list[ExecutionRecord], str]:
         size = _page_size(page_size)
-        key = _untoken(tenant, page_token)
-        before = (datetime.fromisoformat(key[0]), str(key[1])) if key else None
+        before = _time_position(
+            self._tokens.open(page_token, tenant=tenant, listing=LIST_EXECUTIONS)
+        )
         items = await self._store.list_executions(tenant, size + 1, before)
         more, items = len(items) > size, items[:size]
         last = items[-1] if items else None
         token = (
-            _token(tenant, [last.recorded_at.isoformat(), last.execution_id])
+            self._tokens.issue(
+                [last.recorded_at.isoformat(), last.execution_id],
+                tenant=tenant,
+                listing=LIST_EXECUTIONS,
+            )
             if more and last and last.recorded_at
             else ""
         )
@@ -198,6 +215,10 @@ class Provenance:
             envelope = Envelope.from_json(item.envelope)
         except SignatureError as exc:
             raise InvalidArgument.field(field_name, f"not a DSSE envelope: {exc}") from exc
+        if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE:
+            raise InvalidArgument.field(
+                f"{field_name}.payloadType", f"must be {IN_TOTO_PAYLOAD_TYPE!r}"
+            )
         try:
             verified = verify_envelope_detailed(envelope, keyring)
         except SignatureError as exc:
@@ -215,6 +236,7 @@ class Provenance:
                 f"{field_name}: the signed statement is for another tenant",
                 reason="TENANT_MISMATCH",
             )
+        rules.check_body(body, subjects, f"{field_name}.statement")
         client_subject = Subject(
             name=CLIENT_SUBJECT, digest={"sha256": sha256_hex(verified.payload)}
         )
@@ -237,12 +259,20 @@ class Provenance:
         self, tenant: str, page_size: int, page_token: str, execution_id: str = ""
     ) -> tuple[list[StoredReceipt], str]:
         size = _page_size(page_size)
-        key = _untoken(tenant, page_token)
-        after = int(key[0]) if key else 0
+        filters = {"execution_id": execution_id}
+        after = _sequence_position(
+            self._tokens.open(page_token, tenant=tenant, listing=LIST_RECEIPTS, filters=filters)
+        )
         rows = await self._store.list_receipts(tenant, after, size + 1, execution_id)
         more, rows = len(rows) > size, rows[:size]
         keyring = await self._tenant_keyring(tenant)
-        token = _token(tenant, [rows[-1].sequence]) if more and rows else ""
+        token = (
+            self._tokens.issue(
+                [rows[-1].sequence], tenant=tenant, listing=LIST_RECEIPTS, filters=filters
+            )
+            if more and rows
+            else ""
+        )
         return [self._verified(r, keyring) for r in rows], token
 
     async def verify_receipt(self, tenant: str, digest: str) -> Verification:
@@ -368,12 +398,19 @@ class Provenance:
         self, tenant: str, page_size: int, page_token: str, execution_id: str = ""
     ) -> tuple[list[DecisionRecord], str]:
         size = _page_size(page_size)
-        key = _untoken(tenant, page_token)
-        before = (datetime.fromisoformat(key[0]), str(key[1])) if key else None
+        filters = {"execution_id": execution_id}
+        before = _time_position(
+            self._tokens.open(page_token, tenant=tenant, listing=LIST_DECISIONS, filters=filters)
+        )
         items = await self._store.list_decisions(tenant, size + 1, before, execution_id)
         more, items = len(items) > size, items[:size]
         token = (
-            _token(tenant, [items[-1].decided_at.isoformat(), items[-1].decision_id])
+            self._tokens.issue(
+                [items[-1].decided_at.isoformat(), items[-1].decision_id],
+                tenant=tenant,
+                listing=LIST_DECISIONS,
+                filters=filters,
+            )
             if more and items
             else ""
         )

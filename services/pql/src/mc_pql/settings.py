@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mc_common.config import ServiceSettings
+from mc_common.pagetokens import PageTokens
 
 
 class PqlSettings(ServiceSettings):
@@ -29,6 +30,12 @@ class PqlSettings(ServiceSettings):
         default_factory=list,
         description="PEM public keys of earlier service keys, so receipts survive key rotation.",
     )
+    page_token_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="HMAC keys of page tokens (16+ bytes each): the first signs, all verify, so "
+        "rotate by prepending a new key. Unset: derived from the signing key, so replicas that "
+        "share it accept each other's tokens.",
+    )
     kafka_bootstrap: str | None = Field(
         None, description="Kafka bootstrap servers; unset disables the decisions consumer."
     )
@@ -43,6 +50,12 @@ class PqlSettings(ServiceSettings):
         description="Server processes sharing grpc_port (SO_REUSEPORT), each with its own pool "
         "and chain writer; needs a fixed grpc_port. Worker i serves metrics on metrics_port + i.",
     )
+
+    def page_tokens(self) -> PageTokens:
+        """The page token keys: `page_token_keys`, or one derived from the signing key."""
+        if self.page_token_keys:
+            return PageTokens([k.get_secret_value().encode() for k in self.page_token_keys])
+        return PageTokens.derived(self.signing_key_path.read_bytes())
 
     @model_validator(mode="after")
     def _workers_share_a_fixed_port(self) -> PqlSettings:

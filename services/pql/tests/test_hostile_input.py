@@ -1,0 +1,356 @@
+"""Hostile and careless input gets a typed answer and changes nothing (issue 7 section 2).
+
+Each case here produced INTERNAL before the fix: NUL characters reached Postgres `text`,
+timestamps past year 9999 reached `datetime`, and forged page tokens reached the queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+from pql_support import OPERATOR, SHA, content, md, record
+
+from mc.pql.v1 import provenance_pb2 as pb
+from mc.pql.v1 import provenance_service_pb2 as svc
+from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
+from mc_common.receipts import ReceiptBody
+from mc_common.signing import IN_TOTO_PAYLOAD_TYPE, PemSigner, sign_envelope
+from mc_common.testing.snapshots import postgres_fingerprint
+from mc_pql.client_statement import client_statement_bytes, sign_client_statement
+from mc_pql.settings import PqlSettings
+
+Stub = svc_grpc.ProvenanceServiceStub
+
+FAR = 253_402_300_800  # 10000-01-01T00:00:00Z
+
+
+def execution(**overrides: Any) -> pb.Execution:
+    out = pb.Execution(
+        execution_id="exec-1",
+        package=pb.PackageRef(name="acme/etl", version="1.0", digest=SHA),
+        region="us-east-1",
+        status="SUCCEEDED",
+        labels={"team": "data"},
+    )
+    for name, value in overrides.items():
+        if name == "labels":
+            out.labels.clear()
+            out.labels.update(value)
+        else:
+            setattr(out, name, value)
+    return out
+
+
+def decision(**overrides: Any) -> pb.PolicyDecision:
+    out = pb.PolicyDecision(decision_id="dec-1", policy="mc.limits@1", rule="r", allow=True)
+    out.decided_at.seconds = 1_780_000_000
+    for name, value in overrides.items():
+        setattr(out, name, value)
+    return out
+
+
+def far_execution() -> pb.Execution:
+    out = execution()
+    out.started_at.seconds = FAR
+    return out
+
+
+def far_decision() -> pb.PolicyDecision:
+    out = decision()
+    out.decided_at.seconds = FAR
+    return out
+
+
+def negative_nanos_decision() -> pb.PolicyDecision:
+    out = decision()
+    out.decided_at.nanos = -1
+    return out
+
+
+def receipt_with(**fields: Any) -> svc.RecordReceiptRequest:
+    out = content()
+    for name, value in fields.items():
+        if isinstance(value, list):
+            del getattr(out, name)[:]
+            getattr(out, name).extend(value)
+        else:
+            setattr(out, name, value)
+    return svc.RecordReceiptRequest(content=out)
+
+
+def far_receipt() -> svc.RecordReceiptRequest:
+    out = record("exec-far")
+    out.content.steps[0].finished_at.seconds = FAR
+    out.content.finished_at.seconds = FAR
+    return out
+
+
+Call = tuple[str, Callable[[], Message]]
+
+CASES: dict[str, Call] = {
+    "get-execution-nul": (
+        "GetExecution",
+        lambda: svc.GetExecutionRequest(execution_id="a\x00b"),
+    ),
+    "execution-label-key-nul": (
+        "RecordExecution",
+        lambda: svc.RecordExecutionRequest(execution=execution(labels={"k\x00": "v"})),
+    ),
+    "execution-label-value-nul": (
+        "RecordExecution",
+        lambda: svc.RecordExecutionRequest(execution=execution(labels={"k": "v\x00"})),
+    ),
+    "execution-region-nul": (
+        "RecordExecution",
+        lambda: svc.RecordExecutionRequest(execution=execution(region="us\x00")),
+    ),
+    "execution-status-nul": (
+        "RecordExecution",
+        lambda: svc.RecordExecutionRequest(execution=execution(status="OK\x00")),
+    ),
+    "execution-year-10000": (
+        "RecordExecution",
+        lambda: svc.RecordExecutionRequest(execution=far_execution()),
+    ),
+    "list-receipts-filter-nul": (
+        "ListReceipts",
+        lambda: svc.ListReceiptsRequest(execution_id="e\x00"),
+    ),
+    "list-decisions-filter-nul": (
+        "ListPolicyDecisions",
+        lambda: svc.ListPolicyDecisionsRequest(execution_id="e\x00"),
+    ),
+    "decision-id-nul": (
+        "RecordPolicyDecision",
+        lambda: svc.RecordPolicyDecisionRequest(decision=decision(decision_id="d\x00")),
+    ),
+    "decision-reason-nul": (
+        "RecordPolicyDecision",
+        lambda: svc.RecordPolicyDecisionRequest(decision=decision(reason="\x00")),
+    ),
+    "decision-year-10000": (
+        "RecordPolicyDecision",
+        lambda: svc.RecordPolicyDecisionRequest(decision=far_decision()),
+    ),
+    "decision-negative-nanos": (
+        "RecordPolicyDecision",
+        lambda: svc.RecordPolicyDecisionRequest(decision=negative_nanos_decision()),
+    ),
+    "get-decision-nul": (
+        "GetPolicyDecision",
+        lambda: svc.GetPolicyDecisionRequest(decision_id="d\x00"),
+    ),
+    "receipt-year-10000": ("RecordReceipt", far_receipt),
+    "receipt-region-nul": ("RecordReceipt", lambda: receipt_with(region="us\x00")),
+    "receipt-decision-reason-nul": (
+        "RecordReceipt",
+        lambda: receipt_with(
+            policy_decisions=[pb.DecisionRef(decision_id="d", policy="p", rule="r", reason="\x00")]
+        ),
+    ),
+}
+
+
+async def fingerprint(settings: PqlSettings) -> dict[str, str]:
+    return await asyncio.to_thread(postgres_fingerprint, settings.postgres_dsn, ["pql"])
+
+
+async def call(stub: Stub, method: str, request: Message, tenant: str = "acme") -> Any:
+    return await getattr(stub, method)(request, metadata=md(tenant))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_hostile_fields_are_invalid_argument_and_change_nothing(
+    stub: Stub, pql_settings: PqlSettings, case: str
+) -> None:
+    await stub.RecordReceipt(record("seed"), metadata=md("acme"))  # something to protect
+    method, build = CASES[case]
+    before = await asyncio.to_thread(postgres_fingerprint, pql_settings.postgres_dsn, ["pql"])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(stub, method, build())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    after = await asyncio.to_thread(postgres_fingerprint, pql_settings.postgres_dsn, ["pql"])
+    assert after == before
+
+
+def legacy_token(obj: object) -> str:
+    """A token in the old, unauthenticated format: base64 of JSON a client can write."""
+    raw = json.dumps(obj, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+FORGED = [
+    legacy_token({"t": "acme", "k": ["not-a-number"]}),
+    legacy_token({"t": "acme", "k": [2**70]}),
+    legacy_token({"t": "acme", "k": ["2026-01-01T00:00:00+00:00"]}),
+    legacy_token({"t": "acme", "k": [1]}),
+    legacy_token({"t": "acme", "k": []}),
+    legacy_token({"t": "acme", "k": [-5]}),
+    legacy_token({"t": "acme", "k": ["x\x00", "y"]}),
+    "!!!not base64!!!",
+    "AQ",
+    "",  # placeholder replaced below: a real token with one character changed
+]
+
+
+async def _tokens(stub: Stub) -> dict[str, str]:
+    """One genuine next_page_token of each listing, for tenant acme."""
+    for n in range(3):
+        await stub.RecordReceipt(record(f"e{n}", n), metadata=md("acme"))
+        await stub.RecordExecution(
+            svc.RecordExecutionRequest(execution=execution(execution_id=f"e{n}")),
+            metadata=md("acme"),
+        )
+        await stub.RecordPolicyDecision(
+            svc.RecordPolicyDecisionRequest(decision=decision(decision_id=f"d{n}")),
+            metadata=md("acme"),
+        )
+    receipts = await stub.ListReceipts(svc.ListReceiptsRequest(page_size=1), metadata=md("acme"))
+    executions = await stub.ListExecutions(
+        svc.ListExecutionsRequest(page_size=1), metadata=md("acme")
+    )
+    decisions = await stub.ListPolicyDecisions(
+        svc.ListPolicyDecisionsRequest(page_size=1), metadata=md("acme")
+    )
+    return {
+        "ListReceipts": receipts.next_page_token,
+        "ListExecutions": executions.next_page_token,
+        "ListPolicyDecisions": decisions.next_page_token,
+    }
+
+
+LISTS: dict[str, type[Message]] = {
+    "ListReceipts": svc.ListReceiptsRequest,
+    "ListExecutions": svc.ListExecutionsRequest,
+    "ListPolicyDecisions": svc.ListPolicyDecisionsRequest,
+}
+
+
+async def expect_invalid_token(
+    stub: Stub, method: str, tenant: str = "acme", **fields: Any
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call(stub, method, LISTS[method](**fields), tenant)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+
+
+async def test_forged_and_foreign_page_tokens_are_invalid_argument(stub: Stub) -> None:
+    genuine = await _tokens(stub)
+    for method, token in genuine.items():
+        assert token
+        page = await call(stub, method, LISTS[method](page_size=1, page_token=token))
+        assert page is not None  # the genuine token works
+        tampered = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+        for forged in [*FORGED[:-1], tampered]:
+            await expect_invalid_token(stub, method, page_token=forged)
+        # Another tenant's token.
+        await expect_invalid_token(stub, method, tenant="globex", page_token=token)
+        # Another listing's token.
+        for other, other_token in genuine.items():
+            if other != method:
+                await expect_invalid_token(stub, method, page_token=other_token)
+    # The same listing with another filter.
+    await expect_invalid_token(
+        stub, "ListReceipts", page_token=genuine["ListReceipts"], execution_id="e1"
+    )
+    await expect_invalid_token(
+        stub, "ListPolicyDecisions", page_token=genuine["ListPolicyDecisions"], execution_id="x"
+    )
+
+
+async def test_page_tokens_survive_key_rotation(pql_settings: PqlSettings) -> None:
+    from mc_common.pagetokens import PageTokens
+
+    old = PqlSettings(**{**pql_settings.model_dump(), "page_token_keys": ["k" * 32]})
+    rotated = PqlSettings(**{**pql_settings.model_dump(), "page_token_keys": ["n" * 32, "k" * 32]})
+    token = old.page_tokens().issue([3], tenant="acme", listing="l")
+    assert rotated.page_tokens().open(token, tenant="acme", listing="l") == [3]
+    dropped: PageTokens = PqlSettings(
+        **{**pql_settings.model_dump(), "page_token_keys": ["n" * 32]}
+    ).page_tokens()
+    with pytest.raises(Exception, match="page_token"):
+        dropped.open(token, tenant="acme", listing="l")
+
+
+def signed_body(tenant: str = "acme", **changes: Any) -> ReceiptBody:
+    data: dict[str, Any] = {
+        "tenant": tenant,
+        "execution_id": "client-exec",
+        "package": {"name": "acme/etl", "version": "1.0.0", "digest": "cd" * 32},
+        "steps": [],
+        "policy_decisions": [],
+        "cost": {"currency": "EUR", "amount_micros": 42},
+        "timing": {"started_at": "2026-11-01T12:00:00Z", "finished_at": "2026-11-01T12:00:01Z"},
+        "region": "eu-west-1",
+        "recorded_at": "2026-11-01T12:00:02Z",
+    }
+    data.update(changes)
+    return ReceiptBody.model_validate(data)
+
+
+@pytest.fixture
+async def client_key(stub: Stub) -> PemSigner:
+    key = PemSigner.generate()
+    await stub.RegisterSigningKey(
+        svc.RegisterSigningKeyRequest(tenant="acme", public_key_pem=key.public_key_pem().decode()),
+        metadata=OPERATOR,
+    )
+    return key
+
+
+SIGNED_CASES = {
+    "execution-id-6000-chars": {"execution_id": "x" * 6000},
+    "execution-id-nul": {"execution_id": "a\x00b"},
+    "execution-id-pattern": {"execution_id": "-starts-with-dash"},
+    "region-too-long": {"region": "r" * 65},
+    "decision-reason-nul": {
+        "policy_decisions": [
+            {"decision_id": "d", "policy": "p", "rule": "r", "allow": True, "reason": "\x00"}
+        ]
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIGNED_CASES))
+async def test_caller_signed_content_obeys_the_direct_content_rules(
+    stub: Stub, client_key: PemSigner, pql_settings: PqlSettings, case: str
+) -> None:
+    envelope = sign_client_statement(signed_body(**SIGNED_CASES[case]), client_key)
+    signed = svc.RecordReceiptRequest(signed_envelope=envelope.to_json().encode())
+    before = await fingerprint(pql_settings)
+    for method, request in (
+        ("RecordReceipt", signed),
+        ("RecordReceipts", svc.RecordReceiptsRequest(receipts=[record("ok"), signed])),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(stub, method, request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert await fingerprint(pql_settings) == before
+
+
+async def test_dsse_payload_type_other_than_in_toto_is_refused(
+    stub: Stub, client_key: PemSigner, pql_settings: PqlSettings
+) -> None:
+    payload = client_statement_bytes(signed_body())
+    envelope = sign_envelope(payload, "text/plain", client_key)
+    before = await fingerprint(pql_settings)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RecordReceipt(
+            svc.RecordReceiptRequest(signed_envelope=envelope.to_json().encode()),
+            metadata=md("acme"),
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "payloadType" in err.value.details()
+    assert await fingerprint(pql_settings) == before
+    good = sign_envelope(payload, IN_TOTO_PAYLOAD_TYPE, client_key)
+    stored = await stub.RecordReceipt(
+        svc.RecordReceiptRequest(signed_envelope=good.to_json().encode()), metadata=md("acme")
+    )
+    assert stored.receipt.verification.valid
