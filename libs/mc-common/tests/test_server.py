@@ -74,7 +74,8 @@ async def test_tenant_rpc_without_tenant_is_refused(stub: svc_grpc.ProvenanceSer
         await stub.GetExecution(svc.GetExecutionRequest(execution_id="e1"))
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     info = [d for d in status_details(err.value) if isinstance(d, error_details_pb2.ErrorInfo)]
-    assert info[0].reason == "TENANT_REQUIRED"
+    assert info[0].reason == "ERROR_REASON_TENANT_REQUIRED"
+    assert info[0].domain == "test.maestro-conductor.dev"  # the raising service (AIP-193)
 
 
 async def test_malformed_tenant_is_invalid(stub: svc_grpc.ProvenanceServiceStub) -> None:

@@ -3,12 +3,17 @@
 Services raise these from plain domain code; the server's error interceptor turns them into a
 rich gRPC status (code, message, and `grpc-status-details-bin` with BadRequest, RetryInfo,
 QuotaFailure, PreconditionFailure and ErrorInfo), in one place.
+
+Reasons are declared once, as `mc.common.v1.ErrorReason` values (never free strings):
+`ErrorInfo.reason` is the value's name and `ErrorInfo.domain` the service that raised it
+(`<service>.maestro-conductor.dev`, AIP-193).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -16,7 +21,24 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
+
 ERROR_DOMAIN = "maestro-conductor.dev"
+"""The domain of errors raised outside any service (a service's own is `service_domain`)."""
+
+Reason: TypeAlias = "ErrorReason.ValueType"
+
+
+def service_domain(service: str) -> str:
+    """The ErrorInfo domain of a service: `mc-pql` or `pql` -> `pql.maestro-conductor.dev`."""
+    return f"{service.removeprefix('mc-')}.{ERROR_DOMAIN}"
+
+
+def reason_name(reason: Reason) -> str:
+    """The name sent in ErrorInfo.reason; a free string or an undeclared number is a bug."""
+    if not isinstance(reason, int) or isinstance(reason, bool):
+        raise TypeError(f"error reasons are mc.common.v1.ErrorReason values, not {reason!r}")
+    return ErrorReason.Name(reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +70,7 @@ class MCError(Exception):
     """Base of every error a service reports to callers; carries a gRPC code and a reason."""
 
     grpc_code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
-    default_reason: str = "UNKNOWN"
+    default_reason: Reason = ErrorReason.ERROR_REASON_UNKNOWN
     # Set by batch operations that fail as a whole: which item of the batch is at fault.
     request_index: int | None = None
 
@@ -56,12 +78,13 @@ class MCError(Exception):
         self,
         message: str,
         *,
-        reason: str | None = None,
+        reason: Reason | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
+        self.reason_value: Reason = self.default_reason if reason is None else reason
+        self.reason = reason_name(self.reason_value)
         self.metadata = dict(metadata or {})
 
     def details(self) -> list[Message]:
@@ -72,10 +95,13 @@ class MCError(Exception):
             )
         ]
 
-    def to_status(self) -> grpc.Status:
-        """The rich gRPC status (code, message, packed details) for this error."""
+    def to_status(self, domain: str = ERROR_DOMAIN) -> grpc.Status:
+        """The rich gRPC status (code, message, packed details) for this error, its ErrorInfo
+        in `domain` (the raising service's, see `service_domain`)."""
         proto = status_pb2.Status(code=_CODE_NUMBERS[self.grpc_code], message=self.message)
         for detail in self.details():
+            if isinstance(detail, error_details_pb2.ErrorInfo):
+                detail.domain = domain
             packed = any_pb2.Any()
             packed.Pack(detail)
             proto.details.append(packed)
@@ -86,14 +112,14 @@ class InvalidArgument(MCError):
     """The request is malformed; `violations` name each bad field."""
 
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
-    default_reason = "INVALID_ARGUMENT"
+    default_reason = ErrorReason.ERROR_REASON_INVALID_ARGUMENT
 
     def __init__(
         self,
         message: str,
         violations: Iterable[FieldViolation] = (),
         *,
-        reason: str | None = None,
+        reason: Reason | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
@@ -120,42 +146,42 @@ class NotFound(MCError):
     """The resource does not exist for this caller (also used for other tenants' rows)."""
 
     grpc_code = grpc.StatusCode.NOT_FOUND
-    default_reason = "NOT_FOUND"
+    default_reason = ErrorReason.ERROR_REASON_NOT_FOUND
 
 
 class AlreadyExists(MCError):
     """A resource with this identity exists with different content."""
 
     grpc_code = grpc.StatusCode.ALREADY_EXISTS
-    default_reason = "ALREADY_EXISTS"
+    default_reason = ErrorReason.ERROR_REASON_ALREADY_EXISTS
 
 
 class PermissionDenied(MCError):
     """The caller may not do this (wrong principal, or a signature that does not verify)."""
 
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
-    default_reason = "PERMISSION_DENIED"
+    default_reason = ErrorReason.ERROR_REASON_PERMISSION_DENIED
 
 
 class Unauthenticated(MCError):
     """The call carries no usable identity (for example no tenant in metadata)."""
 
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
-    default_reason = "UNAUTHENTICATED"
+    default_reason = ErrorReason.ERROR_REASON_UNAUTHENTICATED
 
 
 class FailedPrecondition(MCError):
     """The system is not in a state that allows the call; `violations` say which."""
 
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
-    default_reason = "FAILED_PRECONDITION"
+    default_reason = ErrorReason.ERROR_REASON_FAILED_PRECONDITION
 
     def __init__(
         self,
         message: str,
         violations: Iterable[PreconditionViolation] = (),
         *,
-        reason: str | None = None,
+        reason: Reason | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
@@ -177,7 +203,7 @@ class ResourceExhausted(MCError):
     """A rate limit or quota denied the call; says when to retry (ms precision) and which quota."""
 
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    default_reason = "RATE_LIMITED"
+    default_reason = ErrorReason.ERROR_REASON_RATE_LIMITED
 
     def __init__(
         self,
@@ -185,7 +211,7 @@ class ResourceExhausted(MCError):
         *,
         retry_after_ms: int,
         violations: Sequence[QuotaViolation] = (),
-        reason: str | None = None,
+        reason: Reason | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
@@ -211,14 +237,14 @@ class Unavailable(MCError):
     """A dependency is down; retry later."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
-    default_reason = "UNAVAILABLE"
+    default_reason = ErrorReason.ERROR_REASON_UNAVAILABLE
 
 
 class Internal(MCError):
     """A bug or broken invariant; details are logged, not returned."""
 
     grpc_code = grpc.StatusCode.INTERNAL
-    default_reason = "INTERNAL"
+    default_reason = ErrorReason.ERROR_REASON_INTERNAL
 
 
 _CODE_NUMBERS: dict[grpc.StatusCode, int] = {

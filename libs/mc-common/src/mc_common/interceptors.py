@@ -19,7 +19,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError, Message
 
 from mc.common.v1 import options_pb2
-from mc_common.errors import InvalidArgument, MCError
+from mc_common.errors import ERROR_DOMAIN, InvalidArgument, MCError
 from mc_common.metrics import RpcMetrics
 from mc_common.tenancy import (
     PRINCIPAL_HEADER,
@@ -100,9 +100,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """
 
     def __init__(
-        self, metrics: RpcMetrics, access_overrides: Mapping[str, Access] | None = None
+        self,
+        metrics: RpcMetrics,
+        access_overrides: Mapping[str, Access] | None = None,
+        *,
+        error_domain: str = ERROR_DOMAIN,
     ) -> None:
         self._metrics = metrics
+        self._error_domain = error_domain
         self._overrides = dict(access_overrides or {})
         self._cache: dict[str, Handler | None] = {}  # wrapped handlers, when an interceptor
 
@@ -154,7 +159,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     async def _fail(self, method: str, context: Ctx, error: Exception) -> None:
         status: grpc.Status | _PlainStatus
         if isinstance(error, MCError):
-            status = error.to_status()
+            status = error.to_status(self._error_domain)
             if error.grpc_code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
                 log.error("rpc failed", extra={"method": method, "reason": error.reason})
         else:

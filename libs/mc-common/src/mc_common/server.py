@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from mc_common.config import ServiceSettings
+from mc_common.errors import service_domain
 from mc_common.interceptors import Access, Handler, ServerInterceptor
 from mc_common.logs import configure_logging
 from mc_common.metrics import RpcMetrics, serve_metrics
@@ -157,9 +158,12 @@ async def start_server(
     # Every handler is wrapped as it is registered rather than by a grpc interceptor: grpc.aio
     # runs interceptors as coroutines on every call, and the limiter's unary Check served
     # about a tenth more calls per second without them.
-    registrar = _WrappingRegistrar(
-        server, ServerInterceptor(RpcMetrics(registry, spec.name), spec.access_overrides)
+    interceptor = ServerInterceptor(
+        RpcMetrics(registry, spec.name),
+        spec.access_overrides,
+        error_domain=service_domain(spec.name),
     )
+    registrar = _WrappingRegistrar(server, interceptor)
     spec.register(registrar)  # type: ignore[arg-type]  # registration methods only
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registrar)  # type: ignore[arg-type]

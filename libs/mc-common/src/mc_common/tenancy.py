@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
 TENANT_HEADER = "x-mc-tenant"
@@ -75,7 +76,7 @@ def require_tenant() -> str:
     if tenant is None:
         raise Unauthenticated(
             f"this call acts for a tenant: set the {TENANT_HEADER} metadata",
-            reason="TENANT_REQUIRED",
+            reason=ErrorReason.ERROR_REASON_TENANT_REQUIRED,
         )
     return tenant
 
@@ -86,7 +87,7 @@ def require_operator() -> Principal:
     if principal is None or not principal.is_operator:
         raise PermissionDenied(
             f"this call needs an operator principal ({PRINCIPAL_HEADER}: operator:<name>)",
-            reason="OPERATOR_REQUIRED",
+            reason=ErrorReason.ERROR_REASON_OPERATOR_REQUIRED,
         )
     return principal
 

@@ -9,6 +9,7 @@ interceptor maps it without per-RPC handling.
 
 from __future__ import annotations
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import FailedPrecondition, NotFound
 
 __all__ = [
@@ -23,7 +24,7 @@ __all__ = [
 class RuleNotFoundError(NotFound):
     """No rule with this id is stored."""
 
-    default_reason = "RULE_NOT_FOUND"
+    default_reason = ErrorReason.ERROR_REASON_RULE_NOT_FOUND
 
     def __init__(self, rule_id: str) -> None:
         super().__init__(f"rule {rule_id!r} not found")
@@ -34,7 +35,7 @@ class NoMatchingRuleError(NotFound):
     """No rule matches the (tenant, token, key) of a check and the limiter is configured to
     treat that as an error (``UnmatchedPolicy.ERROR``) rather than to allow."""
 
-    default_reason = "NO_MATCHING_RULE"
+    default_reason = ErrorReason.ERROR_REASON_NO_MATCHING_RULE
 
     def __init__(self, tenant: str, token: str, key: str) -> None:
         super().__init__(
@@ -48,7 +49,7 @@ class NoMatchingRuleError(NotFound):
 class RevisionMismatchError(FailedPrecondition):
     """Optimistic-concurrency check failed on a rule write."""
 
-    default_reason = "REVISION_MISMATCH"
+    default_reason = ErrorReason.ERROR_REASON_REVISION_MISMATCH
 
     def __init__(self, rule_id: str, expected: int, actual: int) -> None:
         super().__init__(
@@ -63,7 +64,7 @@ class CostExceedsCapacityError(FailedPrecondition):
     """``cost`` is larger than an enforced limit's (throttled) capacity: never admissible,
     however long the caller waits."""
 
-    default_reason = "COST_EXCEEDS_CAPACITY"
+    default_reason = ErrorReason.ERROR_REASON_COST_EXCEEDS_CAPACITY
 
     def __init__(self, rule_id: str, limit_name: str, cost: int, capacity: int) -> None:
         super().__init__(
@@ -79,4 +80,4 @@ class CostExceedsCapacityError(FailedPrecondition):
 class LeaseExpiredError(FailedPrecondition):
     """A fair-share grant's lease ran out and its slot was reclaimed."""
 
-    default_reason = "LEASE_EXPIRED"
+    default_reason = ErrorReason.ERROR_REASON_LEASE_EXPIRED

@@ -6,6 +6,7 @@ from typing import Any, NoReturn
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc.limiter.v1 import fairshare_service_pb2 as fs
 from mc.limiter.v1 import fairshare_service_pb2_grpc as fs_grpc
 from mc.limiter.v1 import limiter_service_pb2 as svc
@@ -38,7 +39,8 @@ def _own_tenant_only() -> bool:
 
 def _mismatch(field: str) -> NoReturn:
     raise PermissionDenied(
-        f"{field}: a tenant may only check its own limits", reason="TENANT_MISMATCH"
+        f"{field}: a tenant may only check its own limits",
+        reason=ErrorReason.ERROR_REASON_TENANT_MISMATCH,
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -152,7 +153,7 @@ class Provenance:
         if stored_digest != digest:
             raise AlreadyExists(
                 f"execution {record.execution_id!r} was already recorded with other content",
-                reason="EXECUTION_CONFLICT",
+                reason=ErrorReason.ERROR_REASON_EXECUTION_CONFLICT,
             )
         return stored
 
@@ -225,7 +226,7 @@ class Provenance:
             raise PermissionDenied(
                 f"{field_name}: signature does not verify with a key registered for the tenant "
                 f"({exc})",
-                reason="SIGNATURE_INVALID",
+                reason=ErrorReason.ERROR_REASON_SIGNATURE_INVALID,
             ) from exc
         try:
             body, subjects = parse_client_statement(verified.payload)
@@ -234,7 +235,7 @@ class Provenance:
         if body.tenant != tenant:
             raise PermissionDenied(
                 f"{field_name}: the signed statement is for another tenant",
-                reason="TENANT_MISMATCH",
+                reason=ErrorReason.ERROR_REASON_TENANT_MISMATCH,
             )
         rules.check_body(body, subjects, f"{field_name}.statement")
         client_subject = Subject(
@@ -428,7 +429,10 @@ class Provenance:
         canonical_pem = key.pem().decode()
         stored = await self._store.register_key(key.key_id, tenant, canonical_pem)
         if stored is None:
-            raise AlreadyExists("this key is registered for another tenant", reason="KEY_IN_USE")
+            raise AlreadyExists(
+                "this key is registered for another tenant",
+                reason=ErrorReason.ERROR_REASON_KEY_IN_USE,
+            )
         return stored
 
     async def revoke_key(self, key_id: str) -> SigningKeyRecord:
