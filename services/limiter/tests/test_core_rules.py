@@ -95,10 +95,10 @@ def test_error_hierarchy_carries_grpc_codes() -> None:
     # One hierarchy: the limiter's errors are leaves of mc_common's, with their reasons.
     assert issubclass(RuleNotFoundError, NotFound) and issubclass(RuleNotFoundError, MCError)
     assert RuleNotFoundError("x").grpc_code is grpc.StatusCode.NOT_FOUND
-    assert RuleNotFoundError("x").reason == "RULE_NOT_FOUND"
+    assert RuleNotFoundError("x").reason == "ERROR_REASON_RULE_NOT_FOUND"
     assert NoMatchingRuleError("t", "", "k").grpc_code is grpc.StatusCode.NOT_FOUND
     assert isinstance(CostExceedsCapacityError("r", "l", 5, 3), FailedPrecondition)
-    assert RevisionMismatchError("r", 1, 2).reason == "REVISION_MISMATCH"
+    assert RevisionMismatchError("r", 1, 2).reason == "ERROR_REASON_REVISION_MISMATCH"
 
 
 async def test_rule_store_crud_with_revisions(make_limiter: MakeLimiter) -> None:
