@@ -22,6 +22,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Final
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import FieldViolation, InvalidArgument
 
 Position = list[str | int]
@@ -42,7 +43,7 @@ class PageTokenError(InvalidArgument):
         super().__init__(
             f"{field}: {description}",
             [FieldViolation(field, description)],
-            reason="PAGE_TOKEN_INVALID",
+            reason=ErrorReason.ERROR_REASON_PAGE_TOKEN_INVALID,
         )
 
 

@@ -50,6 +50,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_OPERATOR_REQUIRED is an operator RPC called without an operator principal."""
     ERROR_REASON_TENANT_MISMATCH: _ErrorReason.ValueType  # 13
     """ERROR_REASON_TENANT_MISMATCH is a request naming a tenant other than the caller's."""
+    ERROR_REASON_PAGE_TOKEN_INVALID: _ErrorReason.ValueType  # 14
+    """ERROR_REASON_PAGE_TOKEN_INVALID is a page token that is not one this service issued for
+    this caller and query (or has expired).
+    """
     ERROR_REASON_EXECUTION_CONFLICT: _ErrorReason.ValueType  # 100
     """ERROR_REASON_EXECUTION_CONFLICT is an execution re-recorded with different content."""
     ERROR_REASON_SIGNATURE_INVALID: _ErrorReason.ValueType  # 101
@@ -106,6 +110,10 @@ ERROR_REASON_OPERATOR_REQUIRED: ErrorReason.ValueType  # 12
 """ERROR_REASON_OPERATOR_REQUIRED is an operator RPC called without an operator principal."""
 ERROR_REASON_TENANT_MISMATCH: ErrorReason.ValueType  # 13
 """ERROR_REASON_TENANT_MISMATCH is a request naming a tenant other than the caller's."""
+ERROR_REASON_PAGE_TOKEN_INVALID: ErrorReason.ValueType  # 14
+"""ERROR_REASON_PAGE_TOKEN_INVALID is a page token that is not one this service issued for
+this caller and query (or has expired).
+"""
 ERROR_REASON_EXECUTION_CONFLICT: ErrorReason.ValueType  # 100
 """ERROR_REASON_EXECUTION_CONFLICT is an execution re-recorded with different content."""
 ERROR_REASON_SIGNATURE_INVALID: ErrorReason.ValueType  # 101
