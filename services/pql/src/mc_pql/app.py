@@ -7,15 +7,21 @@ import contextlib
 from dataclasses import dataclass
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
+from mc.pql.v1 import query_service_pb2_grpc as query_grpc
 from mc_common.db import Pool, create_pool, migrate
 from mc_common.events.consumer import EventConsumer
 from mc_common.events.idempotency import ProcessedEvents
 from mc_common.server import ServiceSpec
-from mc_common.signing import PemSigner, PublicKey
+from mc_common.signing import KeyRing, PemSigner, PublicKey
 from mc_pql.decisions import DecisionEventHandler
 from mc_pql.provenance import Provenance
+from mc_pql.query.engine import QueryEngine, QueryLimits
+from mc_pql.query.saved import SavedQueries
+from mc_pql.query.search import ProvenanceSearch
+from mc_pql.query_servicer import QUERY_SERVICE_NAME, QueryServicer
 from mc_pql.servicer import SERVICE_NAME, ProvenanceServicer
 from mc_pql.settings import PqlSettings
 from mc_pql.store import ProvenanceStore
@@ -31,6 +37,8 @@ class PqlApp:
     pool: Pool
     store: ProvenanceStore
     provenance: Provenance
+    queries: QueryServicer
+    registry: CollectorRegistry
     consumer: EventConsumer | None = None
     consumer_task: asyncio.Task[None] | None = None
 
@@ -59,7 +67,9 @@ class PqlApp:
             max_batch=settings.max_batch_receipts,
             page_tokens=settings.page_tokens(),
         )
-        app = cls(settings, pool, store, provenance)
+        registry = CollectorRegistry()
+        queries = _query_servicer(settings, pool, signer, trusted, registry)
+        app = cls(settings, pool, store, provenance, queries, registry)
         if settings.kafka_bootstrap:
             app.consumer = EventConsumer(
                 settings.kafka_bootstrap,
@@ -75,8 +85,14 @@ class PqlApp:
 
         def register(server: grpc.aio.Server) -> None:
             svc_grpc.add_ProvenanceServiceServicer_to_server(servicer, server)
+            query_grpc.add_QueryServiceServicer_to_server(self.queries, server)
 
-        return ServiceSpec(name="mc-pql", service_names=[SERVICE_NAME], register=register)
+        return ServiceSpec(
+            name="mc-pql",
+            service_names=[SERVICE_NAME, QUERY_SERVICE_NAME],
+            register=register,
+            registry=self.registry,
+        )
 
     async def close(self) -> None:
         if self.consumer is not None:
@@ -85,6 +101,28 @@ class PqlApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.consumer_task
         await self.pool.close()
+
+
+def _query_servicer(
+    settings: PqlSettings,
+    pool: Pool,
+    signer: PemSigner,
+    trusted: list[PublicKey],
+    registry: CollectorRegistry,
+) -> QueryServicer:
+    """PQL: the query engine, provenance search and signed saved queries (docs/pql.md)."""
+    limits = QueryLimits(
+        row_cap=settings.query_row_cap,
+        max_cost=settings.query_max_cost,
+        statement_timeout_ms=settings.query_timeout_ms,
+        cache_entries=settings.query_cache_entries,
+        cache_ttl_s=settings.query_cache_ttl_s,
+    )
+    engine = QueryEngine(pool, limits, registry=registry)
+    keys = KeyRing([signer.public_key, *trusted])
+    return QueryServicer(
+        engine, ProvenanceSearch(pool, settings.page_tokens()), SavedQueries(pool, engine, signer, keys)
+    )
 
 
 async def prepare_database(settings: PqlSettings) -> None:

@@ -51,6 +51,18 @@ class PqlSettings(ServiceSettings):
         "and chain writer; needs a fixed grpc_port. Worker i serves metrics on metrics_port + i.",
     )
 
+    query_row_cap: int = Field(
+        10_000, ge=1, le=100_000, description="PQL: most rows a query returns (then truncated)."
+    )
+    query_max_cost: float = Field(
+        250_000.0, gt=0, description="PQL: highest Postgres plan cost estimate a query may have."
+    )
+    query_timeout_ms: int = Field(
+        5_000, ge=100, le=600_000, description="PQL: statement timeout of one query."
+    )
+    query_cache_entries: int = Field(1024, ge=0, description="PQL: result cache entries.")
+    query_cache_ttl_s: float = Field(300.0, ge=0, description="PQL: result cache TTL, seconds.")
+
     def page_tokens(self) -> PageTokens:
         """The page token keys: `page_token_keys`, or one derived from the signing key."""
         if self.page_token_keys:

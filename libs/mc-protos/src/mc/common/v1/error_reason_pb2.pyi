@@ -60,6 +60,36 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_SIGNATURE_INVALID is a caller-signed envelope that does not verify."""
     ERROR_REASON_KEY_IN_USE: _ErrorReason.ValueType  # 102
     """ERROR_REASON_KEY_IN_USE is a signing key registered for another tenant."""
+    ERROR_REASON_PQL_SYNTAX: _ErrorReason.ValueType  # 150
+    """ERROR_REASON_PQL_SYNTAX is PQL text that does not parse; metadata has line and column."""
+    ERROR_REASON_PQL_INVALID: _ErrorReason.ValueType  # 151
+    """ERROR_REASON_PQL_INVALID is PQL that parses but breaks a rule of the language."""
+    ERROR_REASON_PQL_UNKNOWN_SUBJECT: _ErrorReason.ValueType  # 152
+    """ERROR_REASON_PQL_UNKNOWN_SUBJECT is a PQL subject that does not exist."""
+    ERROR_REASON_PQL_UNKNOWN_FIELD: _ErrorReason.ValueType  # 153
+    """ERROR_REASON_PQL_UNKNOWN_FIELD is a PQL field its subjects do not have."""
+    ERROR_REASON_PQL_JOIN: _ErrorReason.ValueType  # 154
+    """ERROR_REASON_PQL_JOIN is a join other than receipts <-> decisions on execution_id."""
+    ERROR_REASON_PQL_WINDOW_TOO_LONG: _ErrorReason.ValueType  # 155
+    """ERROR_REASON_PQL_WINDOW_TOO_LONG is a SINCE longer than 180 days."""
+    ERROR_REASON_PQL_TYPE: _ErrorReason.ValueType  # 156
+    """ERROR_REASON_PQL_TYPE is a value whose type does not fit its field."""
+    ERROR_REASON_PQL_PARAM_MISSING: _ErrorReason.ValueType  # 157
+    """ERROR_REASON_PQL_PARAM_MISSING is a named parameter without a value."""
+    ERROR_REASON_PQL_BUCKET: _ErrorReason.ValueType  # 158
+    """ERROR_REASON_PQL_BUCKET is a BUCKET BY width other than 1m, 5m, 1h or 1d."""
+    ERROR_REASON_PQL_TOO_COSTLY: _ErrorReason.ValueType  # 159
+    """ERROR_REASON_PQL_TOO_COSTLY is a query whose estimated cost exceeds the cost guard."""
+    ERROR_REASON_PQL_TIMEOUT: _ErrorReason.ValueType  # 160
+    """ERROR_REASON_PQL_TIMEOUT is a query stopped at the statement timeout."""
+    ERROR_REASON_PQL_TOO_MANY_PARAMS: _ErrorReason.ValueType  # 161
+    """ERROR_REASON_PQL_TOO_MANY_PARAMS is a query with more parameters than allowed."""
+    ERROR_REASON_SAVED_QUERY_NOT_FOUND: _ErrorReason.ValueType  # 162
+    """ERROR_REASON_SAVED_QUERY_NOT_FOUND is a saved query name the tenant does not have."""
+    ERROR_REASON_SAVED_QUERY_UNVERIFIED: _ErrorReason.ValueType  # 163
+    """ERROR_REASON_SAVED_QUERY_UNVERIFIED is a saved query whose signature does not verify."""
+    ERROR_REASON_SAVED_QUERY_QUOTA: _ErrorReason.ValueType  # 164
+    """ERROR_REASON_SAVED_QUERY_QUOTA is a tenant at its limit of saved queries."""
     ERROR_REASON_RULE_NOT_FOUND: _ErrorReason.ValueType  # 200
     """ERROR_REASON_RULE_NOT_FOUND is a limiter rule id that is not stored."""
     ERROR_REASON_NO_MATCHING_RULE: _ErrorReason.ValueType  # 201
@@ -120,6 +150,36 @@ ERROR_REASON_SIGNATURE_INVALID: ErrorReason.ValueType  # 101
 """ERROR_REASON_SIGNATURE_INVALID is a caller-signed envelope that does not verify."""
 ERROR_REASON_KEY_IN_USE: ErrorReason.ValueType  # 102
 """ERROR_REASON_KEY_IN_USE is a signing key registered for another tenant."""
+ERROR_REASON_PQL_SYNTAX: ErrorReason.ValueType  # 150
+"""ERROR_REASON_PQL_SYNTAX is PQL text that does not parse; metadata has line and column."""
+ERROR_REASON_PQL_INVALID: ErrorReason.ValueType  # 151
+"""ERROR_REASON_PQL_INVALID is PQL that parses but breaks a rule of the language."""
+ERROR_REASON_PQL_UNKNOWN_SUBJECT: ErrorReason.ValueType  # 152
+"""ERROR_REASON_PQL_UNKNOWN_SUBJECT is a PQL subject that does not exist."""
+ERROR_REASON_PQL_UNKNOWN_FIELD: ErrorReason.ValueType  # 153
+"""ERROR_REASON_PQL_UNKNOWN_FIELD is a PQL field its subjects do not have."""
+ERROR_REASON_PQL_JOIN: ErrorReason.ValueType  # 154
+"""ERROR_REASON_PQL_JOIN is a join other than receipts <-> decisions on execution_id."""
+ERROR_REASON_PQL_WINDOW_TOO_LONG: ErrorReason.ValueType  # 155
+"""ERROR_REASON_PQL_WINDOW_TOO_LONG is a SINCE longer than 180 days."""
+ERROR_REASON_PQL_TYPE: ErrorReason.ValueType  # 156
+"""ERROR_REASON_PQL_TYPE is a value whose type does not fit its field."""
+ERROR_REASON_PQL_PARAM_MISSING: ErrorReason.ValueType  # 157
+"""ERROR_REASON_PQL_PARAM_MISSING is a named parameter without a value."""
+ERROR_REASON_PQL_BUCKET: ErrorReason.ValueType  # 158
+"""ERROR_REASON_PQL_BUCKET is a BUCKET BY width other than 1m, 5m, 1h or 1d."""
+ERROR_REASON_PQL_TOO_COSTLY: ErrorReason.ValueType  # 159
+"""ERROR_REASON_PQL_TOO_COSTLY is a query whose estimated cost exceeds the cost guard."""
+ERROR_REASON_PQL_TIMEOUT: ErrorReason.ValueType  # 160
+"""ERROR_REASON_PQL_TIMEOUT is a query stopped at the statement timeout."""
+ERROR_REASON_PQL_TOO_MANY_PARAMS: ErrorReason.ValueType  # 161
+"""ERROR_REASON_PQL_TOO_MANY_PARAMS is a query with more parameters than allowed."""
+ERROR_REASON_SAVED_QUERY_NOT_FOUND: ErrorReason.ValueType  # 162
+"""ERROR_REASON_SAVED_QUERY_NOT_FOUND is a saved query name the tenant does not have."""
+ERROR_REASON_SAVED_QUERY_UNVERIFIED: ErrorReason.ValueType  # 163
+"""ERROR_REASON_SAVED_QUERY_UNVERIFIED is a saved query whose signature does not verify."""
+ERROR_REASON_SAVED_QUERY_QUOTA: ErrorReason.ValueType  # 164
+"""ERROR_REASON_SAVED_QUERY_QUOTA is a tenant at its limit of saved queries."""
 ERROR_REASON_RULE_NOT_FOUND: ErrorReason.ValueType  # 200
 """ERROR_REASON_RULE_NOT_FOUND is a limiter rule id that is not stored."""
 ERROR_REASON_NO_MATCHING_RULE: ErrorReason.ValueType  # 201

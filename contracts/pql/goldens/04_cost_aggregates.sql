@@ -1,0 +1,1 @@
+SELECT sum(r.cost_micros) AS "SUM(receipts.cost)", avg(r.cost_micros) AS "AVG(receipts.cost)", min(r.cost_micros) AS "MIN(receipts.cost)", max(r.cost_micros) AS "MAX(receipts.cost)" FROM "receipt_facts" "r" WHERE "r".tenant = %(p0)s AND "r"."recorded_at" >= %(p1)s AND (r.currency = %(p2)s) ORDER BY 1 LIMIT %(p3)s

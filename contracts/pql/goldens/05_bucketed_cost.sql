@@ -1,0 +1,1 @@
+SELECT date_bin(%(p0)s, "r"."recorded_at", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "bucket", sum(r.cost_micros) AS "SUM(receipts.cost)" FROM "receipt_facts" "r" WHERE "r".tenant = %(p1)s AND "r"."recorded_at" >= %(p2)s GROUP BY 1 ORDER BY 1 LIMIT %(p3)s

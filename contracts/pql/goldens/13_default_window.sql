@@ -1,0 +1,1 @@
+SELECT date_bin(%(p0)s, "d"."decided_at", TIMESTAMPTZ '2000-01-01 00:00:00+00') AS "bucket", d.rule AS "rule", count(*) AS "COUNT(decisions)" FROM "policy_decisions" "d" WHERE "d".tenant = %(p1)s AND "d"."decided_at" >= %(p2)s GROUP BY 1, 2 ORDER BY 1, 2 LIMIT %(p3)s

@@ -1,0 +1,1 @@
+SELECT e.region AS "region", min(e.started_at) AS "MIN(executions.started_at)", max(e.finished_at) AS "MAX(executions.finished_at)", avg((e.finished_at - e.started_at)) AS "AVG(executions.duration)" FROM "executions" "e" WHERE "e".tenant = %(p0)s AND "e"."recorded_at" >= %(p1)s GROUP BY 1 ORDER BY 1 LIMIT %(p2)s
