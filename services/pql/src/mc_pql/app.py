@@ -121,7 +121,9 @@ def _query_servicer(
     engine = QueryEngine(pool, limits, registry=registry)
     keys = KeyRing([signer.public_key, *trusted])
     return QueryServicer(
-        engine, ProvenanceSearch(pool, settings.page_tokens()), SavedQueries(pool, engine, signer, keys)
+        engine,
+        ProvenanceSearch(pool, settings.page_tokens()),
+        SavedQueries(pool, engine, signer, keys),
     )
 
 

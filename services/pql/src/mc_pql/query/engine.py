@@ -122,7 +122,9 @@ class QueryEngine:
         """Parse and plan `text` for `tenant` (no database access)."""
         if params is not None and len(params) > MAX_PARAMS:
             raise QueryRejected(
-                f"at most {MAX_PARAMS} parameters", reason=ErrorReason.ERROR_REASON_PQL_TOO_MANY_PARAMS, guardrail="params"
+                f"at most {MAX_PARAMS} parameters",
+                reason=ErrorReason.ERROR_REASON_PQL_TOO_MANY_PARAMS,
+                guardrail="params",
             )
         return plan(parse(text), tenant=tenant, params=params, row_cap=self.limits.row_cap)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mc.common.v1.error_reason_pb2 import ErrorReason
-from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import (
     FailedPrecondition,
     FieldViolation,

@@ -16,6 +16,7 @@ from typing import Final
 
 from psycopg import sql
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_pql.query.ast import (
     Aggregate,
     And,
@@ -95,7 +96,9 @@ def plan(
     """Compile `query` for `tenant`; raise `PqlSemanticError` (INVALID_ARGUMENT) when it names
     something unknown, mixes types, lacks a parameter or breaks a guardrail."""
     if not tenant:
-        raise PqlSemanticError("a query needs the caller's tenant", reason=ErrorReason.ERROR_REASON_TENANT_REQUIRED)
+        raise PqlSemanticError(
+            "a query needs the caller's tenant", reason=ErrorReason.ERROR_REASON_TENANT_REQUIRED
+        )
     b = _Builder(tenant=tenant, now=now or datetime.now(UTC), values=params or {})
     base = _subject(query.subject, "query")
     joined = _join(query, base)
@@ -111,7 +114,9 @@ def plan(
             reason=ErrorReason.ERROR_REASON_PQL_WINDOW_TOO_LONG,
         )
     if window <= timedelta(0):
-        raise PqlSemanticError("SINCE must be positive", field="since", reason=ErrorReason.ERROR_REASON_PQL_INVALID)
+        raise PqlSemanticError(
+            "SINCE must be positive", field="since", reason=ErrorReason.ERROR_REASON_PQL_INVALID
+        )
     start = b.now - window
 
     aggregates = query.aggregates

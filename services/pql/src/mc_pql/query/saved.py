@@ -101,7 +101,10 @@ class SavedQueries:
             )
             row = await cursor.fetchone()
         if row is None:
-            raise NotFound(f"no saved query named {name!r}", reason=ErrorReason.ERROR_REASON_SAVED_QUERY_NOT_FOUND)
+            raise NotFound(
+                f"no saved query named {name!r}",
+                reason=ErrorReason.ERROR_REASON_SAVED_QUERY_NOT_FOUND,
+            )
         saved = self._verified(tenant, *row)
         if not saved.verified:
             raise FailedPrecondition(

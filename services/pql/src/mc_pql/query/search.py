@@ -9,11 +9,6 @@ tenant's postings, and keyset pagination keeps every page as cheap as the first.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +17,7 @@ from typing import Final
 
 from mc_common.db import Pool
 from mc_common.errors import InvalidArgument
+from mc_common.pagetokens import PageTokenError, PageTokens
 
 MAX_TERMS: Final = 16
 DEFAULT_WINDOW: Final = timedelta(days=30)
@@ -80,9 +76,9 @@ def terms(tenant: str, q: str) -> list[str]:
 class ProvenanceSearch:
     """Search one tenant's provenance items."""
 
-    def __init__(self, pool: Pool, token_key: bytes) -> None:
+    def __init__(self, pool: Pool, page_tokens: PageTokens) -> None:
         self._pool = pool
-        self._token_key = token_key
+        self._tokens = page_tokens
 
     async def search(
         self,
@@ -98,7 +94,7 @@ class ProvenanceSearch:
     ) -> tuple[list[Hit], str]:
         now = now or datetime.now(UTC)
         keys = terms(tenant, q)
-        binding = self._binding(tenant, q, kinds, since, until)
+        filters = _filters(q, kinds, since, until)
         until = until or now
         since = since or (until - DEFAULT_WINDOW)
         if since < now - MAX_WINDOW:
@@ -106,7 +102,8 @@ class ProvenanceSearch:
         if until < since:
             raise InvalidArgument.field("until", "is before since")
         size = page_size or DEFAULT_PAGE
-        after = self._decode(page_token, binding) if page_token else None
+        position = self._tokens.open(page_token, tenant=tenant, listing="search", filters=filters)
+        after = _after(position) if position is not None else None
         conditions = [
             "keys @> %(keys)s",
             "tenant = %(tenant)s",
@@ -134,42 +131,32 @@ class ProvenanceSearch:
         token = ""
         if len(rows) > size:
             last = hits[-1]
-            token = self._encode(
-                {"at": last.at.isoformat(), "kind": last.kind, "ref": last.ref}, binding
+            token = self._tokens.issue(
+                [last.at.isoformat(), last.kind, last.ref],
+                tenant=tenant,
+                listing="search",
+                filters=filters,
             )
         return hits, token
 
-    def _binding(
-        self,
-        tenant: str,
-        q: str,
-        kinds: Sequence[str],
-        since: datetime | None,
-        until: datetime | None,
-    ) -> bytes:
-        """What a page token is bound to: the request as the caller sent it."""
-        stamps = [t.isoformat() if t else "" for t in (since, until)]
-        scope = json.dumps([tenant, q, sorted(kinds), *stamps])
-        return hashlib.sha256(scope.encode()).digest()
 
-    def _encode(self, position: dict[str, str], binding: bytes) -> str:
-        body = json.dumps(position, separators=(",", ":")).encode()
-        mac = hmac.new(self._token_key, binding + body, hashlib.sha256).digest()[:16]
-        return base64.urlsafe_b64encode(mac + body).decode().rstrip("=")
+def _filters(
+    q: str, kinds: Sequence[str], since: datetime | None, until: datetime | None
+) -> dict[str, str | int]:
+    """What a page token is bound to: the request as the caller sent it."""
+    return {
+        "q": q,
+        "kinds": ",".join(sorted(kinds)),
+        "since": since.isoformat() if since else "",
+        "until": until.isoformat() if until else "",
+    }
 
-    def _decode(self, token: str, binding: bytes) -> dict[str, object]:
-        bad = InvalidArgument.field("page_token", "not a page token of this search")
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        except (binascii.Error, ValueError):
-            raise bad from None
-        mac, body = raw[:16], raw[16:]
-        expected = hmac.new(self._token_key, binding + body, hashlib.sha256).digest()[:16]
-        if len(mac) != 16 or not hmac.compare_digest(mac, expected):
-            raise bad
-        position = json.loads(body)
-        return {
-            "at": datetime.fromisoformat(position["at"]),
-            "kind": str(position["kind"]),
-            "ref": str(position["ref"]),
-        }
+
+def _after(position: list[str | int]) -> dict[str, object]:
+    if len(position) != 3 or not all(isinstance(p, str) for p in position):
+        raise PageTokenError()
+    try:
+        at = datetime.fromisoformat(str(position[0]))
+    except ValueError:
+        raise PageTokenError() from None
+    return {"at": at, "kind": position[1], "ref": position[2]}
