@@ -11,17 +11,21 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from psycopg import AsyncConnection
 
 from mc.common.v1.event_pb2 import EventEnvelope
 from mc.policy.v1.decision_events_pb2 import PolicyDecisionEvent
 from mc_common.db import Pool, create_pool
 from mc_common.events import (
+    HEADER_DLQ_ATTEMPTS,
     HEADER_DLQ_ERROR,
     HEADER_DLQ_ERROR_TYPE,
     HEADER_DLQ_OFFSET,
+    HEADER_DLQ_REASON,
     HEADER_DLQ_TOPIC,
     DeadLetterEvent,
     EventConsumer,
@@ -489,3 +493,196 @@ async def test_stop_while_retrying_leaves_the_record_uncommitted(
     assert consumer.retries >= 1
     # "ok" is committed, "stuck" is not: the next member starts at it.
     assert sum((await committed_offsets(kafka_bootstrap, group, topic)).values()) == 1
+
+
+# -- failure classes: a poison record never stalls a consumer (issue 7 section 3) ---------
+# Before the fix every handler failure was retried forever, in the one loop that served every
+# partition: a record whose data Postgres refuses stopped the whole consumer, and an event id
+# redelivered with another body was silently ignored.
+
+
+def decision_with(decision_id: str, reason: str = "") -> PolicyDecisionEvent:
+    return PolicyDecisionEvent(
+        decision_id=decision_id, tenant="tenant-a", policy="p", rule="r", reason=reason
+    )
+
+
+@asynccontextmanager
+async def ledger(pg_dsn: str, group: str) -> AsyncIterator[tuple[Pool, ProcessedEvents]]:
+    pool: Pool = await create_pool(pg_dsn, 1, 4)
+    try:
+        store = ProcessedEvents(pool, consumer=group)
+        await store.ensure_schema()
+        async with pool.connection() as conn:
+            await conn.execute("CREATE TABLE ledger (decision_id text, reason text)")
+        yield pool, store
+    finally:
+        await pool.close()
+
+
+def recording_handler(store: ProcessedEvents, collector: Collector) -> Any:
+    async def handle(event: ReceivedEvent) -> None:
+        payload = event.unpack(PolicyDecisionEvent)
+
+        async def write(conn: AsyncConnection[Any]) -> None:
+            await conn.execute(
+                "INSERT INTO ledger VALUES (%s, %s)", (payload.decision_id, payload.reason)
+            )
+
+        await store.run_once(event.id, write, body_sha256=event.body_sha256)
+        await collector(event)
+
+    return handle
+
+
+async def test_data_postgres_refuses_is_dead_lettered_after_max_attempts(
+    kafka_bootstrap: str,
+    pg_dsn: str,
+    topic_name: Callable[[str], str],
+    kafka_consumer_timings: GroupTimings,
+) -> None:
+    topic, group = topic_name("nul"), topic_name("group")
+    async with ledger(pg_dsn, group) as (pool, store):
+        async with publisher(kafka_bootstrap) as pub:
+            await pub.publish(
+                topic, "tenant-a", EVENT_TYPE, decision_with("bad", "\x00"), event_id="b"
+            )
+            await pub.publish(topic, "tenant-a", EVENT_TYPE, decision_with("good"), event_id="g")
+        collector = Collector()
+        consumer = EventConsumer(
+            kafka_bootstrap,
+            topic,
+            group_id=group,
+            handler=recording_handler(store, collector),
+            retry_initial_backoff=0.01,
+            max_attempts=3,
+            timings=kafka_consumer_timings,
+        )
+        async with running(consumer):
+            await collector.wait_for(1)
+            [dead] = await read_topic(kafka_bootstrap, dead_letter_topic(topic), 1)
+        headers = dict(dead.headers)
+        assert headers[HEADER_DLQ_REASON] == b"DATA"
+        assert headers[HEADER_DLQ_ATTEMPTS] == b"3"
+        assert [e.id for e in collector.events] == ["g"]
+        async with pool.connection() as conn:
+            rows = await (await conn.execute("SELECT decision_id FROM ledger")).fetchall()
+        assert rows == [("good",)]
+
+
+async def test_transient_failures_are_retried_past_max_attempts(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_consumer_timings: GroupTimings
+) -> None:
+    topic, group = topic_name("transient"), topic_name("group")
+    async with publisher(kafka_bootstrap) as pub:
+        await pub.publish(topic, "tenant-a", EVENT_TYPE, decision_with("x"), event_id="x")
+    collector = Collector()
+    failures = 0
+
+    async def handler(event: ReceivedEvent) -> None:
+        nonlocal failures
+        if failures < 4:
+            failures += 1
+            raise psycopg.OperationalError("connection refused")
+        await collector(event)
+
+    consumer = EventConsumer(
+        kafka_bootstrap,
+        topic,
+        group_id=group,
+        handler=handler,
+        retry_initial_backoff=0.01,
+        max_attempts=2,
+        timings=kafka_consumer_timings,
+    )
+    async with running(consumer):
+        await collector.wait_for(1)
+    assert consumer.dead_lettered == 0 and consumer.retries == 4
+
+
+async def test_a_redelivered_id_with_another_body_is_dead_lettered_as_conflict(
+    kafka_bootstrap: str,
+    pg_dsn: str,
+    topic_name: Callable[[str], str],
+    kafka_consumer_timings: GroupTimings,
+) -> None:
+    topic, group = topic_name("conflict"), topic_name("group")
+    async with ledger(pg_dsn, group) as (pool, store):
+        async with publisher(kafka_bootstrap) as pub:
+            first = decision_with("d", "first")
+            await pub.publish(topic, "tenant-a", EVENT_TYPE, first, event_id="same")
+            await pub.publish(topic, "tenant-a", EVENT_TYPE, first, event_id="same")  # plain
+            other = decision_with("d", "second")
+            await pub.publish(topic, "tenant-a", EVENT_TYPE, other, event_id="same")
+            await pub.publish(topic, "tenant-a", EVENT_TYPE, decision_with("z"), event_id="after")
+        collector = Collector()
+        consumer = EventConsumer(
+            kafka_bootstrap,
+            topic,
+            group_id=group,
+            handler=recording_handler(store, collector),
+            retry_initial_backoff=0.01,
+            timings=kafka_consumer_timings,
+        )
+        async with running(consumer):
+            await collector.wait_for(3)
+            [dead] = await read_topic(kafka_bootstrap, dead_letter_topic(topic), 1)
+        assert dict(dead.headers)[HEADER_DLQ_REASON] == b"CONFLICT"
+        assert [e.id for e in collector.events] == ["same", "same", "after"]
+        async with pool.connection() as conn:
+            rows = await (await conn.execute("SELECT reason FROM ledger ORDER BY 1")).fetchall()
+        assert rows == [("",), ("first",)]
+
+
+async def test_a_stalled_partition_never_blocks_the_others(
+    kafka_bootstrap: str, topic_name: Callable[[str], str], kafka_consumer_timings: GroupTimings
+) -> None:
+    topic, group = topic_name("partitions"), topic_name("group")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+    raw = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=False)
+    await raw.start()
+
+    async def send(partition: int, event_id: str) -> None:
+        envelope = build_envelope(
+            tenant="tenant-a",
+            event_type=EVENT_TYPE,
+            message=decision_with(event_id),
+            source="t",
+            event_id=event_id,
+        )
+        await raw.send_and_wait(topic, envelope.SerializeToString(), partition=partition)
+
+    stalled = asyncio.Event()
+    collector = Collector()
+
+    async def handler(event: ReceivedEvent) -> None:
+        if event.id == "stuck":
+            stalled.set()
+            raise ConnectionError("a dependency of this record is down")
+        await collector(event)
+
+    consumer = EventConsumer(
+        kafka_bootstrap,
+        topic,
+        group_id=group,
+        handler=handler,
+        retry_initial_backoff=0.05,
+        retry_max_backoff=0.2,
+        timings=kafka_consumer_timings,
+    )
+    try:
+        async with running(consumer):
+            await send(0, "stuck")
+            async with asyncio.timeout(WAIT):
+                await stalled.wait()
+            for n in range(3):
+                await send(1, f"free-{n}")
+            await collector.wait_for(3)
+            assert stalled.is_set() and consumer.processed == 3
+    finally:
+        await raw.stop()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -27,6 +29,7 @@ from mc_pql.settings import PqlSettings
 from mc_pql.store import ProvenanceStore
 
 MIGRATIONS = "mc_pql.migrations"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class PqlApp:
     registry: CollectorRegistry
     consumer: EventConsumer | None = None
     consumer_task: asyncio.Task[None] | None = None
+    purge_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(cls, settings: PqlSettings) -> PqlApp:
@@ -76,8 +80,12 @@ class PqlApp:
                 settings.decisions_topic,
                 group_id=settings.consumer_group,
                 handler=DecisionEventHandler(store, processed),
+                max_attempts=settings.consumer_max_attempts,
             )
             app.consumer_task = asyncio.create_task(app.consumer.run(), name="pql-decisions")
+            app.purge_task = asyncio.create_task(
+                purge_processed_events(processed, settings), name="pql-purge-processed-events"
+            )
         return app
 
     def spec(self) -> ServiceSpec:
@@ -95,6 +103,10 @@ class PqlApp:
         )
 
     async def close(self) -> None:
+        if self.purge_task is not None:
+            self.purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.purge_task
         if self.consumer is not None:
             await self.consumer.stop()
         if self.consumer_task is not None:
@@ -140,8 +152,18 @@ async def prepare_database(settings: PqlSettings) -> None:
 
 
 async def _prepare(pool: Pool, settings: PqlSettings) -> ProcessedEvents:
-    """Apply the migrations and create the decisions consumer's table."""
+    """Apply the migrations (they create the decisions consumer's table too)."""
     await migrate(pool, MIGRATIONS, schema=settings.db_schema)
-    processed = ProcessedEvents(pool, settings.consumer_group)
-    await processed.ensure_schema()
-    return processed
+    return ProcessedEvents(pool, settings.consumer_group)
+
+
+async def purge_processed_events(processed: ProcessedEvents, settings: PqlSettings) -> None:
+    """Forget processed event ids older than the retention, every `purge_interval_s`."""
+    while True:
+        await asyncio.sleep(settings.processed_events_purge_interval_s)
+        try:
+            await processed.purge_older_than(
+                timedelta(seconds=settings.processed_events_retention_s)
+            )
+        except Exception:  # logged; the next round tries again
+            log.exception("purging processed events failed")

@@ -385,9 +385,14 @@ class Provenance:
     async def record_decision(
         self, tenant: str, record: DecisionRecord
     ) -> tuple[DecisionRecord, bool]:
-        """Record a decision; the same decision id again is a no-op (created = False)."""
-        created = await self._store.record_decision(tenant, replace(record, tenant=tenant))
-        return await self.get_decision(tenant, record.decision_id), created
+        """Record a decision; the same decision again is a no-op (created = False), the same id
+        with other content is ALREADY_EXISTS naming the fields that differ."""
+        record = replace(record, tenant=tenant)
+        created = await self._store.record_decision(tenant, record)
+        stored = await self.get_decision(tenant, record.decision_id)
+        if not created:
+            check_same_decision(stored, record)
+        return stored, created
 
     async def get_decision(self, tenant: str, decision_id: str) -> DecisionRecord:
         found = await self._store.get_decision(tenant, decision_id)
@@ -440,6 +445,39 @@ class Provenance:
         if stored is None:
             raise NotFound(f"signing key {key_id} not found")
         return stored
+
+
+DECISION_CONTENT = (
+    "execution_id",
+    "policy",
+    "bundle_digest",
+    "rule",
+    "allow",
+    "reason",
+    "remediation",
+    "decided_at",
+)
+
+
+def check_same_decision(stored: DecisionRecord, new: DecisionRecord) -> None:
+    """Raise ALREADY_EXISTS naming each field where `new` differs from the stored decision."""
+    differing = [
+        name
+        for name in DECISION_CONTENT
+        if _decision_value(stored, name) != _decision_value(new, name)
+    ]
+    if differing:
+        raise AlreadyExists(
+            f"decision {new.decision_id!r} was already recorded with other content "
+            f"(differs in: {', '.join(differing)})",
+            reason="DECISION_CONFLICT",
+            metadata={"decision_id": new.decision_id, "differing_fields": ",".join(differing)},
+        )
+
+
+def _decision_value(record: DecisionRecord, name: str) -> object:
+    value = getattr(record, name)
+    return value.astimezone(UTC) if isinstance(value, datetime) else value
 
 
 def _execution_content(record: ExecutionRecord) -> dict[str, Any]:

@@ -41,6 +41,18 @@ class PqlSettings(ServiceSettings):
     )
     decisions_topic: str = Field("mc.policy.decisions", description="Policy decisions topic.")
     consumer_group: str = Field("mc-pql", description="Kafka consumer group of this service.")
+    consumer_max_attempts: int = Field(
+        3, ge=1, description="Attempts at an event whose failure is permanent before the DLQ."
+    )
+    processed_events_retention_s: float = Field(
+        7 * 86_400.0,
+        gt=0,
+        description="How long processed event ids are kept for deduplication; keep it above "
+        "the topic's retention so no redelivery can be applied twice.",
+    )
+    processed_events_purge_interval_s: float = Field(
+        3600.0, gt=0, description="How often old processed event ids are purged."
+    )
     max_batch_receipts: int = Field(
         256, ge=1, description="Most receipts one chain transaction appends (group commit)."
     )

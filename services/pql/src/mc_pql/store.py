@@ -211,7 +211,15 @@ class ProvenanceStore:
             return await self.insert_decision(conn, tenant, record)
 
     async def get_decision(self, tenant: str, decision_id: str) -> DecisionRecord | None:
-        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        async with self._pool.connection() as conn:
+            return await self.decision_on(conn, tenant, decision_id)
+
+    @staticmethod
+    async def decision_on(
+        conn: AsyncConnection[Any], tenant: str, decision_id: str
+    ) -> DecisionRecord | None:
+        """Read a decision on `conn` (inside a caller's transaction)."""
+        async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 "SELECT * FROM policy_decisions WHERE tenant = %s AND decision_id = %s",
                 (tenant, decision_id),

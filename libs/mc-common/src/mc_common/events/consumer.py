@@ -1,20 +1,24 @@
 """`EventConsumer`: at-least-once consumption of MC events with a dead-letter topic.
 
-Delivery contract (see docs/adr/0004-events-at-least-once.md):
+Delivery contract (see docs/adr/0004-events-at-least-once.md and 0032):
 
 - An offset is committed only after its record is *settled*: the handler returned, or the
   record was written to the dead-letter topic `<topic>.dlq` and the broker acked it. A crash
   before the commit means redelivery, never loss, so handlers must be idempotent on the event
-  id (see `mc_common.events.idempotency`).
-- A record whose value is not a valid `EventEnvelope` is malformed: it goes to the dead-letter
-  topic with the error in headers, then its offset is committed.
-- A handler exception is treated as transient: the same record is retried with exponential
-  backoff, forever, and later records of the consumer wait behind it (order is kept). A
-  handler that knows a record can never succeed raises `DeadLetterEvent` to park it in the
-  dead-letter topic instead. NOTE: a handler stuck for longer than `max_poll_interval_ms`
-  costs this consumer its partitions; another member then redelivers the record.
-- `stop()` lets the current handler call finish, commits what was settled and leaves the
-  group; records fetched but not settled are redelivered to the next owner.
+  id (see `mc_common.events.idempotency`, which also reports a redelivered id whose body
+  differs as a CONFLICT).
+- Failures are classified (`mc_common.events.failures.classify`, or the `classify` argument).
+  Transient ones (connection, timeout, UNAVAILABLE) are retried with exponential backoff for
+  as long as they last, and later records of that partition wait (order is kept). Permanent
+  ones (decode, data, constraint, conflict, or anything unclassified) are dead-lettered after
+  at most `max_attempts` attempts (at once when the record itself is the problem), with the
+  reason in the `mc_dlq_reason` header, and the partition moves on.
+- Partitions are independent: each is worked by its own task while the consumer keeps polling
+  the others, so one partition's stalled record never blocks another partition. A partition
+  being worked is paused (nothing more is fetched for it) and resumed when its task is done.
+- `stop()` lets the current handler calls finish, commits what was settled and leaves the
+  group; records fetched but not settled are redelivered to the next owner. A revoked
+  partition's task is cancelled; its unsettled records go to the new owner.
 """
 
 from __future__ import annotations
@@ -26,10 +30,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 
-from mc_common.events.envelope import MalformedEventError, ReceivedEvent, decode_envelope
+from mc_common.events.envelope import ReceivedEvent, decode_envelope
+from mc_common.events.failures import (
+    DeadLetterEvent,
+    DeadLetterReason,
+    EventConflict,
+    Failure,
+    classify,
+)
 from mc_common.events.publisher import producer_options
 
 log = logging.getLogger(__name__)
@@ -44,6 +56,10 @@ HEADER_DLQ_TOPIC = "mc_dlq_topic"
 HEADER_DLQ_PARTITION = "mc_dlq_partition"
 HEADER_DLQ_OFFSET = "mc_dlq_offset"
 HEADER_DLQ_GROUP = "mc_dlq_group"
+HEADER_DLQ_REASON = "mc_dlq_reason"
+HEADER_DLQ_ATTEMPTS = "mc_dlq_attempts"
+
+__all__ = ["DeadLetterEvent", "DeadLetterReason", "EventConflict", "EventConsumer", "Failure"]
 
 _MAX_ERROR_HEADER_CHARS = 1000
 
@@ -73,11 +89,6 @@ class GroupTimings:
         }
 
 
-class DeadLetterEvent(Exception):
-    """Raised by a handler for a record that can never be processed (for example an unknown
-    schema version): the consumer writes it to the dead-letter topic and moves on."""
-
-
 class _StopRequested(Exception):
     """Internal: `stop()` was called while a record was waiting to be retried."""
 
@@ -104,6 +115,9 @@ class EventConsumer:
         poll_timeout_ms: longest wait for records per poll; bounds how quickly `stop()` acts.
         retry_initial_backoff: seconds before the first retry of a failed handler call.
         retry_max_backoff: cap of the exponential retry delay, in seconds.
+        max_attempts: most attempts at a record whose failure is permanent before it is
+            dead-lettered (transient failures are retried for as long as they last).
+        classify: failure classification (default `mc_common.events.failures.classify`).
         timings: group membership timings (see `GroupTimings`).
         dead_letter_producer: a started producer for dead letters; by default the consumer
             creates and closes its own.
@@ -122,6 +136,8 @@ class EventConsumer:
         poll_timeout_ms: int = 500,
         retry_initial_backoff: float = 0.5,
         retry_max_backoff: float = 30.0,
+        max_attempts: int = 3,
+        classify: Callable[[BaseException], Failure] = classify,
         timings: GroupTimings | None = None,
         dead_letter_producer: AIOKafkaProducer | None = None,
     ) -> None:
@@ -142,6 +158,13 @@ class EventConsumer:
         self._poll_timeout_ms = poll_timeout_ms
         self._retry_initial_backoff = retry_initial_backoff
         self._retry_max_backoff = retry_max_backoff
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self._max_attempts = max_attempts
+        self._classify = classify
+        self._workers: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._queues: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        self._commit_lock = asyncio.Lock()
         self._dead_letter_producer = dead_letter_producer
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
@@ -169,13 +192,13 @@ class EventConsumer:
             raise RuntimeError("an EventConsumer runs once; create a new one")
         self._running = True
         consumer = AIOKafkaConsumer(
-            *self._topics,
             bootstrap_servers=self._bootstrap_servers,
             group_id=self._group_id,
             client_id=self._client_id,
             enable_auto_commit=False,
             **self._consumer_options,
         )
+        consumer.subscribe(self._topics, listener=_Revocations(self))
         owns_producer = self._dead_letter_producer is None
         producer = self._dead_letter_producer or AIOKafkaProducer(
             bootstrap_servers=self._bootstrap_servers,
@@ -191,13 +214,11 @@ class EventConsumer:
                     timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
                 )
                 for partition, records in batches.items():
-                    settled = await self._settle_partition(producer, records)
-                    if settled is not None:
-                        await self._commit(consumer, partition, settled + 1)
-                    if self._stopping.is_set():
-                        break
+                    self._enqueue(consumer, producer, partition, records)
+                self._reap(consumer)
         finally:
             try:
+                await self._finish_workers()
                 await _leave_group_at_generation_zero(consumer)
                 await consumer.stop()
             finally:
@@ -206,55 +227,120 @@ class EventConsumer:
                 self._running = False
                 self._finished.set()
 
+    def _enqueue(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        partition: TopicPartition,
+        records: Sequence[ConsumerRecord[Any, Any]],
+    ) -> None:
+        """Hand `records` to the partition's worker, starting one (and pausing the partition)."""
+        self._queues.setdefault(partition, []).extend(records)
+        if partition not in self._workers:
+            consumer.pause(partition)
+            self._workers[partition] = asyncio.create_task(
+                self._work(consumer, producer, partition),
+                name=f"mc-consumer-{partition.topic}-{partition.partition}",
+            )
+
+    def _reap(self, consumer: AIOKafkaConsumer) -> None:
+        """Resume partitions whose worker is done (from their first unsettled record)."""
+        for partition, task in list(self._workers.items()):
+            if not task.done():
+                continue
+            del self._workers[partition]
+            unsettled = self._queues.pop(partition, [])
+            if partition not in consumer.assignment():
+                continue
+            if unsettled:  # the worker stopped early: fetch those again
+                consumer.seek(partition, unsettled[0].offset)
+            consumer.resume(partition)
+
+    async def _work(
+        self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, partition: TopicPartition
+    ) -> None:
+        """Settle the partition's queued records in order, committing after each run of them."""
+        queue = self._queues[partition]
+        while queue and not self._stopping.is_set():
+            settled: int | None = None
+            while queue:
+                record = queue[0]
+                try:
+                    await self._settle_with_retry(producer, record)
+                except _StopRequested:
+                    break
+                queue.pop(0)
+                settled = record.offset
+                if self._stopping.is_set():
+                    break
+            if settled is not None:
+                await self._commit(consumer, partition, settled + 1)
+            if self._stopping.is_set():
+                break
+
+    async def _finish_workers(self) -> None:
+        """Let every partition's worker finish the record in hand (stop() is set)."""
+        workers = list(self._workers.values())
+        if workers:
+            await asyncio.gather(*workers, return_exceptions=True)
+        self._workers.clear()
+        self._queues.clear()
+
+    async def _revoke(self, revoked: set[TopicPartition]) -> None:
+        """Stop working partitions that moved to another member (they will redeliver)."""
+        tasks = [self._workers.pop(p) for p in revoked if p in self._workers]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for partition in revoked:
+            self._queues.pop(partition, None)
+
     async def stop(self) -> None:
         """Finish the record in hand, commit, leave the group and wait for `run()` to return."""
         self._stopping.set()
         if self._running:
             await self._finished.wait()
 
-    async def _settle_partition(
-        self, producer: AIOKafkaProducer, records: Sequence[ConsumerRecord[Any, Any]]
-    ) -> int | None:
-        """Settle `records` in order; return the offset of the last one settled."""
-        settled: int | None = None
-        for record in records:
-            try:
-                await self._settle_with_retry(producer, record)
-            except _StopRequested:
-                break
-            settled = record.offset
-            if self._stopping.is_set():
-                break
-        return settled
-
     async def _settle_with_retry(
         self, producer: AIOKafkaProducer, record: ConsumerRecord[Any, Any]
     ) -> None:
+        """Process `record` until it is settled: handled, or dead-lettered (see the module)."""
         attempt = 0
+        dead_letter: tuple[Exception, DeadLetterReason] | None = None
         while True:
             try:
-                await self._settle(producer, record)
+                if dead_letter is None:
+                    attempt += 1
+                    await self._settle(producer, record)
+                else:
+                    await self._dead_letter(producer, record, *dead_letter, attempt)
                 return
-            except Exception:
-                attempt += 1
+            except Exception as exc:
+                failure = (
+                    Failure(True, DeadLetterReason.FAILED)  # the dead-letter write itself
+                    if dead_letter is not None
+                    else self._classify(exc)
+                )
+                if not failure.transient and (failure.immediate or attempt >= self._max_attempts):
+                    dead_letter = (exc, failure.reason)
+                    continue
                 self.retries += 1
                 delay = min(
                     self._retry_max_backoff, self._retry_initial_backoff * 2 ** (attempt - 1)
                 )
-                log.exception(
-                    "event handling failed; retrying in %.2fs",
+                log.warning(
+                    "event handling failed (%s); retrying in %.2fs",
+                    "transient" if failure.transient else f"permanent, {failure.reason}",
                     delay,
+                    exc_info=exc,
                     extra=_record_fields(record) | {"attempt": attempt, "group": self._group_id},
                 )
                 if await self._stop_requested_within(delay):
                     raise _StopRequested from None
 
     async def _settle(self, producer: AIOKafkaProducer, record: ConsumerRecord[Any, Any]) -> None:
-        try:
-            envelope = decode_envelope(record.value)
-        except MalformedEventError as err:
-            await self._dead_letter(producer, record, err)
-            return
+        envelope = decode_envelope(record.value)  # MalformedEventError: dead-lettered at once
         event = ReceivedEvent(
             envelope=envelope,
             topic=record.topic,
@@ -263,19 +349,22 @@ class EventConsumer:
             key=record.key,
             headers=dict(record.headers),
         )
-        try:
-            await self._handler(event)
-        except DeadLetterEvent as err:
-            await self._dead_letter(producer, record, err)
-            return
+        await self._handler(event)
         self.processed += 1
 
     async def _dead_letter(
-        self, producer: AIOKafkaProducer, record: ConsumerRecord[Any, Any], error: Exception
+        self,
+        producer: AIOKafkaProducer,
+        record: ConsumerRecord[Any, Any],
+        error: Exception,
+        reason: DeadLetterReason,
+        attempts: int,
     ) -> None:
         topic = dead_letter_topic(record.topic)
         headers = [
             *record.headers,
+            (HEADER_DLQ_REASON, str(reason).encode()),
+            (HEADER_DLQ_ATTEMPTS, str(attempts).encode()),
             (HEADER_DLQ_ERROR, str(error)[:_MAX_ERROR_HEADER_CHARS].encode()),
             (HEADER_DLQ_ERROR_TYPE, type(error).__name__.encode()),
             (HEADER_DLQ_TOPIC, record.topic.encode()),
@@ -286,8 +375,9 @@ class EventConsumer:
         await producer.send_and_wait(topic, value=record.value, key=record.key, headers=headers)
         self.dead_lettered += 1
         log.warning(
-            "event dead-lettered to %s: %s",
+            "event dead-lettered to %s (%s): %s",
             topic,
+            reason,
             error,
             extra=_record_fields(record) | {"group": self._group_id},
         )
@@ -296,7 +386,8 @@ class EventConsumer:
         self, consumer: AIOKafkaConsumer, partition: TopicPartition, next_offset: int
     ) -> None:
         try:
-            await consumer.commit({partition: next_offset})
+            async with self._commit_lock:
+                await consumer.commit({partition: next_offset})
         except (CommitFailedError, KafkaError) as err:
             # The partition moved to another member (rebalance) or the coordinator is away;
             # the settled records will be redelivered and skipped by idempotent handlers.
@@ -313,6 +404,19 @@ class EventConsumer:
         except TimeoutError:
             return False
         return True
+
+
+class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Cancels the workers of partitions taken away in a rebalance."""
+
+    def __init__(self, consumer: EventConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._consumer._revoke(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        pass
 
 
 def _record_fields(record: ConsumerRecord[Any, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ CloudEvents-style headers that repeat the envelope fields so tools can route wit
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +131,23 @@ class ReceivedEvent:
     def tenant(self) -> str:
         """The tenant the event belongs to."""
         return self.envelope.tenant
+
+    @property
+    def body_sha256(self) -> str:
+        """Hex SHA-256 of what the event says (type, tenant, schema version, payload), so a
+        redelivery with the same id and another body can be told from a plain redelivery."""
+        envelope = self.envelope
+        digest = hashlib.sha256()
+        for part in (
+            envelope.type.encode(),
+            envelope.tenant.encode(),
+            str(envelope.schema_version).encode(),
+            envelope.data.type_url.encode(),
+            envelope.data.value,
+        ):
+            digest.update(len(part).to_bytes(8, "big"))
+            digest.update(part)
+        return digest.hexdigest()
 
     def unpack(self, message_type: type[M]) -> M:
         """The payload as `message_type`.
