@@ -164,7 +164,7 @@ async def test_same_decision_id_with_other_content_is_already_exists(stub: Stub)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "allow" in err.value.details() and "reason" in err.value.details()
     [info] = [d for d in status_details(err.value) if isinstance(d, error_details_pb2.ErrorInfo)]
-    assert info.reason == "DECISION_CONFLICT"
+    assert info.reason == "ERROR_REASON_DECISION_CONFLICT"
     assert info.metadata["differing_fields"] == "allow,reason"
     got = await stub.GetPolicyDecision(
         svc.GetPolicyDecisionRequest(decision_id="dec-9"), metadata=md("acme")

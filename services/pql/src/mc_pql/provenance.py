@@ -470,7 +470,7 @@ def check_same_decision(stored: DecisionRecord, new: DecisionRecord) -> None:
         raise AlreadyExists(
             f"decision {new.decision_id!r} was already recorded with other content "
             f"(differs in: {', '.join(differing)})",
-            reason="DECISION_CONFLICT",
+            reason=ErrorReason.ERROR_REASON_DECISION_CONFLICT,
             metadata={"decision_id": new.decision_id, "differing_fields": ",".join(differing)},
         )
 

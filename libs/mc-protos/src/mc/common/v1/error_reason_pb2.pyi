@@ -60,6 +60,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_SIGNATURE_INVALID is a caller-signed envelope that does not verify."""
     ERROR_REASON_KEY_IN_USE: _ErrorReason.ValueType  # 102
     """ERROR_REASON_KEY_IN_USE is a signing key registered for another tenant."""
+    ERROR_REASON_DECISION_CONFLICT: _ErrorReason.ValueType  # 120
+    """ERROR_REASON_DECISION_CONFLICT is a policy decision id already recorded with other
+    content; metadata `differing_fields` names the fields that differ.
+    """
     ERROR_REASON_PQL_SYNTAX: _ErrorReason.ValueType  # 150
     """ERROR_REASON_PQL_SYNTAX is PQL text that does not parse; metadata has line and column."""
     ERROR_REASON_PQL_INVALID: _ErrorReason.ValueType  # 151
@@ -150,6 +154,10 @@ ERROR_REASON_SIGNATURE_INVALID: ErrorReason.ValueType  # 101
 """ERROR_REASON_SIGNATURE_INVALID is a caller-signed envelope that does not verify."""
 ERROR_REASON_KEY_IN_USE: ErrorReason.ValueType  # 102
 """ERROR_REASON_KEY_IN_USE is a signing key registered for another tenant."""
+ERROR_REASON_DECISION_CONFLICT: ErrorReason.ValueType  # 120
+"""ERROR_REASON_DECISION_CONFLICT is a policy decision id already recorded with other
+content; metadata `differing_fields` names the fields that differ.
+"""
 ERROR_REASON_PQL_SYNTAX: ErrorReason.ValueType  # 150
 """ERROR_REASON_PQL_SYNTAX is PQL text that does not parse; metadata has line and column."""
 ERROR_REASON_PQL_INVALID: ErrorReason.ValueType  # 151
