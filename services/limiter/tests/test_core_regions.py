@@ -1,5 +1,8 @@
 """Region-aware global limits: two regions (two limiters, each with its own redis-server)
-hammered at once admit, together, within 5% of the global limit per window at steady state."""
+hammered at once admit, together, within 5% of the global limit per window at steady state,
+for every window configuration (one sub-window, or many: with several, freed capacity arrives
+in bursts one window after the bursts that used it, which a peer extrapolated at its average
+rate used to miss, up to 1.4x the limit)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from mc_limiter.limiter import Limiter
@@ -20,7 +24,7 @@ LIMIT = 400
 WINDOW_MS = 2000
 
 
-def global_rule() -> dict[str, Any]:
+def global_rule(sub_windows: int = 1) -> dict[str, Any]:
     return {
         "id": "global_api",
         "scope": "tenant",
@@ -31,13 +35,15 @@ def global_rule() -> dict[str, Any]:
                 "algorithm": "sliding_window",
                 "limit": LIMIT,
                 "window_ms": WINDOW_MS,
+                "sub_windows": sub_windows,
             }
         ],
     }
 
 
+@pytest.mark.parametrize("sub_windows", [1, 4, 10, 24])
 async def test_two_regions_stay_within_five_percent_of_the_global_limit(
-    make_limiter: MakeLimiter, redis_servers: Callable[[], Any]
+    make_limiter: MakeLimiter, redis_servers: Callable[[], Any], sub_windows: int
 ) -> None:
     east, west = redis_servers(), redis_servers()
     regions = {
@@ -55,12 +61,18 @@ async def test_two_regions_stay_within_five_percent_of_the_global_limit(
         ),
     }
     for limiter in regions.values():
-        await limiter.put_rule(global_rule(), actor="t")
+        await limiter.put_rule(global_rule(sub_windows), actor="t")
+    # Past the cold start (documented: before a region has seen a peer's first publication of
+    # a counter, each may admit the whole limit): every region has used and published it.
+    for limiter in regions.values():
+        assert (await limiter.check("acme", "tok", "jobs")).allowed
+    for limiter in regions.values():
+        await limiter.sync_regions()
 
     # Both regions run on this machine, so their Redis clocks agree on window boundaries.
     first_boundary = math.ceil(time.time() * 1000 / WINDOW_MS) * WINDOW_MS
-    steady = [first_boundary // WINDOW_MS + 1, first_boundary // WINDOW_MS + 2]
-    stop_at_ms = first_boundary + 3 * WINDOW_MS
+    steady = [first_boundary // WINDOW_MS + w for w in (1, 2, 3)]
+    stop_at_ms = first_boundary + 4 * WINDOW_MS
     per_window: dict[int, int] = defaultdict(int)
     per_region: dict[str, int] = defaultdict(int)
     degraded = 0
@@ -79,7 +91,7 @@ async def test_two_regions_stay_within_five_percent_of_the_global_limit(
     assert all(per_region[name] > LIMIT / 2 for name in regions), per_region
     totals = [per_window[w] for w in steady]
     assert abs(sum(totals) / (LIMIT * len(totals)) - 1) <= 0.05, (totals, dict(per_window))
-    assert all(0.9 * LIMIT <= t <= 1.08 * LIMIT for t in totals), (totals, dict(per_window))
+    assert all(0.9 * LIMIT <= t <= 1.05 * LIMIT for t in totals), (totals, dict(per_window))
 
 
 async def test_region_without_peer_traffic_keeps_the_whole_limit(

@@ -16,10 +16,11 @@ from mc_common.events.publisher import EventPublisher
 from mc_common.server import ServiceSpec
 from mc_limiter.audit import AuditSink
 from mc_limiter.denials import DenySink
-from mc_limiter.envoy_rls import RLS_SERVICE, RateLimitServicer
+from mc_limiter.envoy_rls import RLS_SERVICE, InvalidPolicy, RateLimitServicer, RlsOptions
 from mc_limiter.fairshare import FairShareDispatcher
 from mc_limiter.limiter import Limiter, LimiterOptions, UnmatchedPolicy
 from mc_limiter.metrics import LimiterMetrics
+from mc_limiter.ratelimit_headers import HeaderStyle
 from mc_limiter.regions import RegionPeer
 from mc_limiter.servicer import (
     FAIRSHARE_SERVICE,
@@ -108,8 +109,18 @@ class LimiterApp:
     def spec(self) -> ServiceSpec:
         limiter_servicer = LimiterServicer(self.limiter)
         fairshare_servicer = FairShareServicer(self.fairshare)
+        settings = self.settings
         rls_servicer = RateLimitServicer(
-            self.limiter, self.settings.envoy_tenant_entry, self.settings.envoy_token_entry
+            self.limiter,
+            RlsOptions(
+                tenant_entry=settings.envoy_tenant_entry,
+                token_entry=settings.envoy_token_entry,
+                invalid=InvalidPolicy(settings.envoy_invalid),
+                invalid_by_domain={
+                    d: InvalidPolicy(p) for d, p in settings.envoy_invalid_by_domain.items()
+                },
+                headers=HeaderStyle(settings.envoy_headers),
+            ),
         )
 
         def register(server: grpc.aio.Server) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from mc_limiter.rules import Mode
+from mc_limiter.rules import Limit, Mode
+
+# The rule id under which a request's own limit (``CheckRequest.override``) is counted.
+OVERRIDE_RULE_ID = "envoy-override"
 
 # ``Decision.remaining`` when no rule matched (and the limiter admits unmatched requests).
 UNLIMITED = -1
@@ -22,12 +25,16 @@ class Source(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class CheckRequest:
-    """One check: ``cost`` units for ``(tenant, token, key)``; ``cost=0`` peeks."""
+    """One check: ``cost`` units for ``(tenant, token, key)``; ``cost=0`` peeks.
+
+    ``override`` (Envoy's per-descriptor limit) replaces the matching rules with this one
+    limit, counted per (tenant, key) under the rule id ``OVERRIDE_RULE_ID``."""
 
     tenant: str
     token: str = ""
     key: str = ""
     cost: int = 1
+    override: Limit | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,28 +1,46 @@
 """Envoy's rate limit service API (`envoy.service.ratelimit.v3.RateLimitService`) over MC limits.
 
 An Envoy `envoy.filters.http.ratelimit` filter sends a domain and descriptors; each descriptor
-becomes one MC check: the `tenant` entry names the tenant, a `token` entry the token, and the
-domain plus the remaining entries (`k=v` joined by `/`) the key, so MC rules match them with
-globs such as `envoy:remote_address=*`. Hits are the descriptor's `hits_addend`, else the
-request's, else 1. Descriptors that no rule matches are OK with no limit, as Envoy expects.
+becomes one MC check (``descriptors.py`` maps it, injectively) and is decided on its own: one
+descriptor that is invalid, or whose hits exceed a limit's capacity, never hides another's
+OVER_LIMIT. Invalid descriptors get the domain's policy (OVER_LIMIT by default, or OK); hits
+above a capacity are OVER_LIMIT with that limit and its reset. The work per call is bounded
+(``MAX_DESCRIPTORS``) and linear in the descriptors: every check of the call goes out in one
+``check_each`` batch, plus one batch of peeks for the descriptors above a capacity.
+
+A descriptor's ``limit`` (the per-descriptor override Envoy sends when a route configures one)
+replaces the MC rules for that descriptor, as envoyproxy/ratelimit does. Statuses carry
+``current_limit``, ``limit_remaining`` and ``duration_until_reset``; with ``headers`` set, the
+response also carries the IETF ``RateLimit`` / ``RateLimit-Policy`` fields
+(draft-ietf-httpapi-ratelimit-headers-09) or Envoy's ``X-RateLimit-*`` ones (see
+``ratelimit_headers.py``). ``quota`` is never set: see docs/adr/0021-envoy-rls-contract.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 
-from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as descriptor_pb
+from envoy.config.core.v3 import base_pb2 as core
 from envoy.service.ratelimit.v3 import rls_pb2 as rls
 from envoy.service.ratelimit.v3 import rls_pb2_grpc as rls_grpc
-from mc_common.errors import InvalidArgument
+from mc.common.v1.error_reason_pb2 import ErrorReason
+from mc_common.errors import FieldViolation, InvalidArgument, MCError
 from mc_limiter.convert import reset_after_ms
 from mc_limiter.decisions import CheckRequest, Decision, LimitResult
+from mc_limiter.descriptors import Invalid, descriptor_check
 from mc_limiter.errors import CostExceedsCapacityError
 from mc_limiter.limiter import Limiter
+from mc_limiter.ratelimit_headers import HeaderStyle, Shown, ratelimit_headers
 
 RLS_SERVICE = rls.DESCRIPTOR.services_by_name["RateLimitService"].full_name
+MAX_DESCRIPTORS = 1000
+MAX_DOMAIN_LENGTH = 128
+Code = rls.RateLimitResponse
 Unit = rls.RateLimitResponse.RateLimit
 _UNITS_MS = {
     1_000: Unit.SECOND,
@@ -33,24 +51,37 @@ _UNITS_MS = {
 }
 
 
-def descriptor_check(
-    domain: str,
-    descriptor: descriptor_pb.RateLimitDescriptor,
-    hits: int,
-    tenant_entry: str,
-    token_entry: str,
-) -> CheckRequest:
-    tenant, token, parts = "", "", []
-    for entry in descriptor.entries:
-        if entry.key == tenant_entry:
-            tenant = entry.value
-        elif entry.key == token_entry:
-            token = entry.value
-        else:
-            parts.append(f"{entry.key}={entry.value}")
-    if descriptor.HasField("hits_addend"):
-        hits = descriptor.hits_addend.value
-    return CheckRequest(tenant or domain, token, f"{domain}:{'/'.join(parts)}", hits)
+class InvalidPolicy(StrEnum):
+    """What an invalid descriptor gets: OVER_LIMIT (fail closed, the default) or OK."""
+
+    OVER_LIMIT = "over_limit"
+    OK = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class RlsOptions:
+    """How descriptors map onto MC checks and what the response carries."""
+
+    tenant_entry: str = "tenant"
+    token_entry: str = "token"
+    invalid: InvalidPolicy = InvalidPolicy.OVER_LIMIT
+    invalid_by_domain: Mapping[str, InvalidPolicy] = field(default_factory=dict)
+    headers: HeaderStyle = HeaderStyle.NONE
+
+    def invalid_policy(self, domain: str) -> InvalidPolicy:
+        return self.invalid_by_domain.get(domain, self.invalid)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One descriptor's status and what its headers show (``None``: nothing limits it)."""
+
+    status: rls.RateLimitResponse.DescriptorStatus
+    shown: Shown | None = None
+
+
+def _duration(ms: int) -> Duration:
+    return Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
 def _current_limit(result: LimitResult) -> Any:
@@ -61,78 +92,141 @@ def _current_limit(result: LimitResult) -> Any:
     return Unit(name=name, requests_per_unit=min(result.limit, 2**32 - 1), unit=unit)
 
 
-def descriptor_status(decision: Decision) -> rls.RateLimitResponse.DescriptorStatus:
-    status = rls.RateLimitResponse.DescriptorStatus(
-        code=rls.RateLimitResponse.OK if decision.allowed else rls.RateLimitResponse.OVER_LIMIT
+def _answer(code: int, result: LimitResult | None, wait_ms: int) -> _Answer:
+    status = rls.RateLimitResponse.DescriptorStatus(code=code)  # type: ignore[arg-type]
+    if result is None:
+        return _Answer(status)
+    status.current_limit.CopyFrom(_current_limit(result))
+    remaining = max(0, min(result.remaining, 2**32 - 1))
+    status.limit_remaining = remaining
+    status.duration_until_reset.CopyFrom(_duration(wait_ms))
+    shown = Shown(
+        f"{result.rule_id}/{result.limit_name}",
+        result.limit,
+        result.window_ms,
+        remaining,
+        wait_ms,
+        code == Code.OVER_LIMIT,
     )
-    deciding = next(
-        (
-            r
-            for r in decision.results
-            if decision.deciding
-            and (r.rule_id, r.limit_name)
-            == (decision.deciding.rule_id, decision.deciding.limit_name)
-        ),
+    return _Answer(status, shown)
+
+
+def _deciding(decision: Decision) -> LimitResult | None:
+    ref = decision.deciding
+    if ref is None:
+        return None
+    return next(
+        (r for r in decision.results if (r.rule_id, r.limit_name) == (ref.rule_id, ref.limit_name)),
         None,
     )
-    if deciding is None:
-        return status
-    status.current_limit.CopyFrom(_current_limit(deciding))
-    status.limit_remaining = max(0, min(deciding.remaining, 2**32 - 1))
-    wait_ms = decision.retry_after_ms if not decision.allowed else reset_after_ms(deciding)
-    status.duration_until_reset.CopyFrom(
-        Duration(seconds=wait_ms // 1000, nanos=(wait_ms % 1000) * 1_000_000)
-    )
-    return status
+
+
+def decision_answer(decision: Decision) -> _Answer:
+    """OK or OVER_LIMIT with the deciding limit (the retry when over, else its reset)."""
+    result = _deciding(decision)
+    if decision.allowed:
+        return _answer(Code.OK, result, reset_after_ms(result) if result else 0)
+    return _answer(Code.OVER_LIMIT, result, decision.retry_after_ms)
+
+
+def capacity_answer(error: CostExceedsCapacityError, peek: Decision | MCError) -> _Answer:
+    """OVER_LIMIT for hits above a limit's capacity, with that limit and its current reset
+    (from a peek: nothing was consumed)."""
+    result = None
+    if isinstance(peek, Decision):
+        result = next(
+            (
+                r
+                for r in peek.results
+                if (r.rule_id, r.limit_name) == (error.rule_id, error.limit_name)
+            ),
+            None,
+        )
+    return _answer(Code.OVER_LIMIT, result, reset_after_ms(result) if result else 0)
+
+
+def invalid_answer(policy: InvalidPolicy) -> _Answer:
+    code = Code.OK if policy is InvalidPolicy.OK else Code.OVER_LIMIT
+    return _answer(code, None, 0)
+
+
+def validate_request(request: rls.RateLimitRequest) -> None:
+    """What makes the whole call invalid (no per-domain policy can apply)."""
+    violations = []
+    domain = request.domain
+    if not domain:
+        violations.append(FieldViolation("domain", "rate limit domain must not be empty"))
+    elif len(domain) > MAX_DOMAIN_LENGTH:
+        violations.append(FieldViolation("domain", f"must be at most {MAX_DOMAIN_LENGTH} long"))
+    count = len(request.descriptors)
+    if count == 0:
+        violations.append(FieldViolation("descriptors", "at least one descriptor is required"))
+    elif count > MAX_DESCRIPTORS:
+        violations.append(
+            FieldViolation("descriptors", f"at most {MAX_DESCRIPTORS} per call, got {count}")
+        )
+    if violations:
+        reason = ErrorReason.ERROR_REASON_TOO_MANY_DESCRIPTORS if count > MAX_DESCRIPTORS else None
+        raise InvalidArgument(
+            "; ".join(f"{v.field}: {v.description}" for v in violations), violations, reason=reason
+        )
 
 
 class RateLimitServicer(rls_grpc.RateLimitServiceServicer):
     """Answers Envoy's ShouldRateLimit from MC rules (wire-compatible with Envoy's RLS v3)."""
 
-    def __init__(self, limiter: Limiter, tenant_entry: str = "tenant", token_entry: str = "token"):
+    def __init__(self, limiter: Limiter, options: RlsOptions | None = None) -> None:
         self._limiter = limiter
-        self._tenant_entry = tenant_entry
-        self._token_entry = token_entry
+        self._options = options or RlsOptions()
 
     async def ShouldRateLimit(
         self, request: rls.RateLimitRequest, context: Any
     ) -> rls.RateLimitResponse:
-        if not request.domain:
-            raise InvalidArgument.field("domain", "rate limit domain must not be empty")
-        if not request.descriptors:
-            raise InvalidArgument.field("descriptors", "at least one descriptor is required")
-        hits = request.hits_addend or 1
-        checks = [
-            descriptor_check(request.domain, d, hits, self._tenant_entry, self._token_entry)
-            for d in request.descriptors
-        ]
-        statuses = await self._statuses(checks)
+        validate_request(request)
+        answers = await self.decide(request)
         overall = (
-            rls.RateLimitResponse.OVER_LIMIT
-            if any(s.code == rls.RateLimitResponse.OVER_LIMIT for s in statuses)
-            else rls.RateLimitResponse.OK
+            Code.OVER_LIMIT if any(a.status.code == Code.OVER_LIMIT for a in answers) else Code.OK
         )
-        return rls.RateLimitResponse(overall_code=overall, statuses=statuses)
+        response = rls.RateLimitResponse(
+            overall_code=overall,  # type: ignore[arg-type]
+            statuses=[a.status for a in answers],
+        )
+        shown = [a.shown for a in answers if a.shown is not None]
+        for name, value in ratelimit_headers(self._options.headers, shown):
+            response.response_headers_to_add.append(core.HeaderValue(key=name, value=value))
+        return response
 
-    async def _statuses(
-        self, checks: list[CheckRequest]
-    ) -> list[rls.RateLimitResponse.DescriptorStatus]:
-        """Decide every descriptor; one whose hits exceed a limit's capacity is OVER_LIMIT (it
-        could never be admitted), and the others are still decided, as Envoy expects."""
-        over = rls.RateLimitResponse.DescriptorStatus(code=rls.RateLimitResponse.OVER_LIMIT)
-        never: set[int] = set()
-        while True:
-            pending = [i for i in range(len(checks)) if i not in never]
-            try:
-                decisions = await self._limiter.check_batch(
-                    [checks[i] for i in pending], unmatched_allow=True
-                )
-            except CostExceedsCapacityError as exc:
-                if exc.request_index is None:
-                    raise
-                never.add(pending[exc.request_index])
-                continue
-            by_index = dict(zip(pending, decisions, strict=True))
-            return [
-                over if i in never else descriptor_status(by_index[i]) for i in range(len(checks))
-            ]
+    async def decide(self, request: rls.RateLimitRequest) -> list[_Answer]:
+        """One answer per descriptor, in order; one batch of checks (and one of peeks)."""
+        options = self._options
+        domain = request.domain
+        policy = options.invalid_policy(domain)
+        hits = request.hits_addend or 1
+        answers: list[_Answer | None] = [None] * len(request.descriptors)
+        checks: list[CheckRequest] = []
+        at: list[int] = []
+        for i, descriptor in enumerate(request.descriptors):
+            mapped = descriptor_check(
+                domain, descriptor, hits, options.tenant_entry, options.token_entry
+            )
+            if isinstance(mapped, Invalid):
+                answers[i] = invalid_answer(policy)
+            else:
+                checks.append(mapped)
+                at.append(i)
+        outcomes = await self._limiter.check_each(checks, unmatched_allow=True)
+        over: list[tuple[int, CostExceedsCapacityError, CheckRequest]] = []
+        for i, check, outcome in zip(at, checks, outcomes, strict=True):
+            if isinstance(outcome, Decision):
+                answers[i] = decision_answer(outcome)
+            elif isinstance(outcome, CostExceedsCapacityError):
+                over.append((i, outcome, check))
+            else:
+                answers[i] = invalid_answer(policy)
+        if over:
+            peeks = await self._limiter.check_each(
+                [replace(check, cost=0) for _, _, check in over], unmatched_allow=True
+            )
+            for (i, error, _), peek in zip(over, peeks, strict=True):
+                answers[i] = capacity_answer(error, peek)
+        return [a if a is not None else invalid_answer(policy) for a in answers]

@@ -31,7 +31,14 @@ from mc_limiter.keys import escape
 from mc_limiter.metrics import LimiterMetrics
 from mc_limiter.options import LimiterOptions, UnmatchedPolicy
 from mc_limiter.periodic import Periodic
-from mc_limiter.planning import MAX_ID_LENGTH, MAX_KEY_LENGTH, Group, Planner, validate
+from mc_limiter.planning import (
+    MAX_ID_LENGTH,
+    MAX_KEY_LENGTH,
+    Group,
+    Planner,
+    Resolved,
+    validate,
+)
 from mc_limiter.regions import RegionPeer, RegionSync
 from mc_limiter.rules import Rule, StoredRule
 from mc_limiter.scripts import CHECK_SCRIPT, REFUND_SCRIPT
@@ -225,7 +232,6 @@ class Limiter:
         """
         for i, request in enumerate(requests):
             validate(request, i)
-        started = time.perf_counter()
         unmatched = self._unmatched(unmatched_allow)
         resolved = []
         for i, request in enumerate(requests):
@@ -234,8 +240,37 @@ class Limiter:
             except MCError as exc:
                 exc.request_index = i
                 raise
+        return await self._evaluate(resolved)
+
+    async def check_each(
+        self, requests: Sequence[CheckRequest], *, unmatched_allow: bool | None = None
+    ) -> list[Decision | MCError]:
+        """Like ``check_batch``, but each request stands alone: one that is invalid or can
+        never be admitted (``CostExceedsCapacityError``) gets its error in its place and
+        consumes nothing, while the others are decided. Linear in the requests (Envoy's RLS
+        decides every descriptor on its own this way)."""
+        unmatched = self._unmatched(unmatched_allow)
+        out: list[Decision | MCError | None] = [None] * len(requests)
+        resolved: list[Resolved] = []
+        at: list[int] = []
+        for i, request in enumerate(requests):
+            try:
+                validate(request)
+                resolved.append(self.planner.resolve(request, unmatched))
+            except MCError as exc:
+                exc.request_index = i
+                out[i] = exc
+            else:
+                at.append(i)
+        for i, decision in zip(at, await self._evaluate(resolved), strict=True):
+            out[i] = decision
+        return [d if d is not None else unmatched_decision() for d in out]
+
+    async def _evaluate(self, resolved: list[Resolved]) -> list[Decision]:
+        """Decide resolved checks: single-shard ones in one pipelined call per shard."""
+        started = time.perf_counter()
         executor = self.executor
-        decisions: list[Decision | None] = [None] * len(requests)
+        decisions: list[Decision | None] = [None] * len(resolved)
         single: dict[str, list[tuple[int, Group]]] = {}
         multi: list[int] = []
         for i, res in enumerate(resolved):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mc_common.errors import FieldViolation, InvalidArgument
-from mc_limiter.decisions import CheckRequest
+from mc_limiter.decisions import OVERRIDE_RULE_ID, CheckRequest
 from mc_limiter.errors import CostExceedsCapacityError, NoMatchingRuleError
 from mc_limiter.keys import counter_key, escape, remote_key
 from mc_limiter.options import LimiterOptions, UnmatchedPolicy
@@ -155,6 +155,7 @@ class Planner:
         self._rng = rng
         self._snapshot = ConfigSnapshot()
         self._plans: OrderedDict[tuple[str, str, str], Plan] = OrderedDict()
+        self._override_plans: OrderedDict[tuple[str, str, Limit], Plan] = OrderedDict()
         self._plans_ring = router.generation
 
     @property
@@ -165,13 +166,18 @@ class Planner:
         """Plan from ``snapshot`` from now on."""
         self._snapshot = snapshot
         self._plans.clear()
+        self._override_plans.clear()
 
     def invalidate(self) -> None:
         """Forget every cached plan (shards or configuration changed)."""
         self._plans.clear()
+        self._override_plans.clear()
 
     def resolve(self, request: CheckRequest, unmatched: UnmatchedPolicy) -> Resolved:
-        plan = self.plan(request.tenant, request.token, request.key)
+        if request.override is None:
+            plan = self.plan(request.tenant, request.token, request.key)
+        else:
+            plan = self.override_plan(request.tenant, request.key, request.override)
         if plan.groups is not None and plan.items is not None:
             if request.cost > plan.max_cost:
                 check_capacity(plan.items, request.cost)
@@ -193,38 +199,10 @@ class Planner:
         if cached is not None:
             self._plans.move_to_end(cache_key)
             return cached
-        prefix = self._options.key_prefix
         planned: list[Planned] = []
         rules = self._snapshot.rules_for(tenant, token, key)
         for rule in rules:
-            if rule.scope is Scope.GLOBAL:
-                tag, subject = f"g:{escape(rule.id)}", ""
-            else:
-                tag = f"t:{escape(tenant)}"
-                subject = {
-                    Scope.TENANT: "",
-                    Scope.TOKEN: escape(token),
-                    Scope.KEY: escape(key),
-                    Scope.TOKEN_KEY: f"{escape(token)}:{escape(key)}",
-                }[rule.scope]
-            sample = hash64(f"{rule.id}\0{tenant}\0{token}\0{key}") % 10_000 / 100.0
-            for limit in rule.limits:
-                shape = (
-                    f"g{limit.window_ms}"
-                    if limit.algorithm is Algorithm.GCRA
-                    else f"s{limit.window_ms}x{limit.sub_windows}"
-                )
-                suffix = f"{escape(rule.id)}:{escape(limit.name)}:{shape}:{rule.scope}:{subject}"
-                remotes = (
-                    tuple(remote_key(prefix, tag, suffix, peer) for peer in self._peer_names())
-                    if rule.multi_region
-                    else ()
-                )
-                planned.append(
-                    Planned(
-                        rule, limit, tag, suffix, counter_key(prefix, tag, suffix), remotes, sample
-                    )
-                )
+            planned += self._planned(rule, tenant, token, key)
         plan = Plan(tuple(planned))
         sampled = any(
             r.enforce_percent < 100.0 and r.enforce_sampling is Sampling.RANDOM for r in rules
@@ -238,6 +216,60 @@ class Planner:
         self._plans[cache_key] = plan
         if len(self._plans) > self._options.plan_cache_size:
             self._plans.popitem(last=False)
+        return plan
+
+    def _planned(self, rule: Rule, tenant: str, token: str, key: str) -> list[Planned]:
+        """The counters of ``rule``'s limits for this check."""
+        prefix = self._options.key_prefix
+        if rule.scope is Scope.GLOBAL:
+            tag, subject = f"g:{escape(rule.id)}", ""
+        else:
+            tag = f"t:{escape(tenant)}"
+            subject = {
+                Scope.TENANT: "",
+                Scope.TOKEN: escape(token),
+                Scope.KEY: escape(key),
+                Scope.TOKEN_KEY: f"{escape(token)}:{escape(key)}",
+            }[rule.scope]
+        sample = hash64(f"{rule.id}\0{tenant}\0{token}\0{key}") % 10_000 / 100.0
+        out = []
+        for limit in rule.limits:
+            shape = (
+                f"g{limit.window_ms}"
+                if limit.algorithm is Algorithm.GCRA
+                else f"s{limit.window_ms}x{limit.sub_windows}"
+            )
+            suffix = f"{escape(rule.id)}:{escape(limit.name)}:{shape}:{rule.scope}:{subject}"
+            remotes = (
+                tuple(remote_key(prefix, tag, suffix, peer) for peer in self._peer_names())
+                if rule.multi_region
+                else ()
+            )
+            out.append(
+                Planned(rule, limit, tag, suffix, counter_key(prefix, tag, suffix), remotes, sample)
+            )
+        return out
+
+    def override_plan(self, tenant: str, key: str, limit: Limit) -> Plan:
+        """The plan of a check that carries its own limit (Envoy's per-descriptor override):
+        that limit alone, per (tenant, key), under ``OVERRIDE_RULE_ID``; cached like rules."""
+        if self._plans_ring != self._router.generation:
+            self._plans.clear()
+            self._override_plans.clear()
+            self._plans_ring = self._router.generation
+        cache_key = (tenant, key, limit)
+        cached = self._override_plans.get(cache_key)
+        if cached is not None:
+            self._override_plans.move_to_end(cache_key)
+            return cached
+        rule = Rule(id=OVERRIDE_RULE_ID, scope=Scope.KEY, limits=[limit])
+        plan = Plan(tuple(self._planned(rule, tenant, "", key)))
+        plan.items = self._items(tenant, plan.planned)
+        plan.groups = self._groups(plan.items)
+        plan.max_cost = min((i.burst for i in plan.items if i.enforce), default=MAX_LIMIT)
+        self._override_plans[cache_key] = plan
+        if len(self._override_plans) > self._options.plan_cache_size:
+            self._override_plans.popitem(last=False)
         return plan
 
     def _items(self, tenant: str, planned: tuple[Planned, ...]) -> list[Item]:

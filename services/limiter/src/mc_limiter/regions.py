@@ -6,17 +6,25 @@ background loop (every ``interval_ms``, ~100-200 ms) copies the per-slot counts 
 recently used counter into each peer's Redis under ``<counter key>:rm:<this region>``
 (replaced atomically with MULTI, TTL one window plus one slot), together with the read time
 ``at`` and this region's average rate over the live slots. The Lua check adds the remote slots
-to the local ones and extrapolates each peer's usage from ``at`` to now at that rate (at most
-one window ahead), so regions do not all spend the same freed capacity during the sync lag.
+to the local ones, plus the peer's use since ``at``, taken as the larger of
+- its average rate times the time since ``at`` (at most one window), and
+- what this region used meanwhile: counted exactly from when the check first saw the
+  publication (it marks its own slot and count then in the remote hash, ``s0``/``b0``), and
+  from ``at`` with the older part of ``at``'s slot pro rata.
+The second term assumes each peer spends freed capacity as fast as this region does. With
+several sub-windows freed capacity arrives in bursts (one window after the bursts that used
+it), which the average rate misses: every region then spent the same burst, and the excess fed
+itself window after window (up to 1.4x the limit measured with 4-24 sub-windows). Mirroring
+caps each region at its share of what frees up; an idle peer costs the others at most half of
+the capacity freed during one sync interval, returned at the next sync. See ADR 0022.
 
-Accuracy: measured with two regions hammered concurrently (2 s window, 100 ms sync), the total
-admitted per window at steady state is within ~1-3% of the limit (the test asserts 5%).
-Without the extrapolation the excess is about ``lag / (2 * window)`` (2-5% measured for a
-1 s window). Known limits: in the first window after a cold start, before any sync, each region may
-admit up to the full limit (R x limit in total); during a partition longer than the TTL, each
-side forgets the other and enforces the full limit alone. The copy is idempotent (absolute
-counts), so lost or repeated syncs never double count. Slot numbers come from each region's
-Redis ``TIME``: region clocks are assumed NTP-synchronised.
+Accuracy: two regions hammered concurrently (2 s window, 100 ms sync) admit per fixed window
+within 0-2% of the limit at steady state for 1 to 24 sub-windows (the test asserts 5%). Known
+limits (the cold-start allowance): before a region has seen a peer's first publication of a
+counter, and during a partition longer than the TTL, each region decides alone and may admit
+up to the full limit (R x limit in total). The copy is idempotent (absolute counts), so lost or
+repeated syncs never double count. Slot numbers come from each region's Redis ``TIME``: region
+clocks are assumed NTP-synchronised.
 """
 
 from __future__ import annotations

@@ -38,9 +38,10 @@ LIMIT_REPLY = 5
 # ARGV: d (decisions), then per decision: cost, n (limits), then per limit: algo (0 gcra,
 # 1 sliding), limit, window_us, burst, sub_windows, enforce (1/0), n_remote. KEYS: per
 # decision, per limit its counter key followed by its n_remote remote-usage keys (multi-region
-# counts published by peer regions: slot counts, plus "at"/"rate": the peer's usage is
-# extrapolated at its last rate from "at" to now, for at most one window, so the sync lag does
-# not let every region spend the same capacity).
+# counts published by peer regions: slot counts, plus "at"/"rate"; the peer's usage since "at"
+# is taken as the larger of its average rate and what this region used meanwhile (see
+# regions.py), so the sync lag does not let every region spend the same capacity; the script
+# marks when it first saw a publication in the remote hash, "s0"/"b0").
 # cost = 0 is a peek: evaluated as a 1-unit request, nothing is consumed.
 # Reply: {now_us, then per decision: all_ok, then per limit: allowed, remaining, retry_us,
 # used, slot}.
@@ -103,13 +104,44 @@ for _ = 1, tonumber(ARGV[1]) do
       local vals = redis.call('HMGET', key, unpack(fields))
       for k = 1, subs + 1 do cnt[k] = tonumber(vals[k]) or 0 end
       local fresh = not vals[subs + 1]
+      local loc = nil
+      if nrem > 0 then
+        loc = {}
+        for k = 1, subs + 1 do loc[k] = cnt[k] end
+      end
       for r = 1, nrem do
-        local rv = redis.call('HMGET', KEYS[ki + r], 'at', 'rate', unpack(fields))
-        for k = 1, subs + 1 do cnt[k] = cnt[k] + (tonumber(rv[k + 2]) or 0) end
+        local rkey = KEYS[ki + r]
+        local rv = redis.call('HMGET', rkey, 'at', 'rate', 's0', 'b0', unpack(fields))
+        for k = 1, subs + 1 do cnt[k] = cnt[k] + (tonumber(rv[k + 4]) or 0) end
         local at = tonumber(rv[1])
         local rate = tonumber(rv[2])
         if at and rate and now > at then
-          cnt[subs + 1] = cnt[subs + 1] + rate * math.min(now - at, win)
+          -- The peer's use since it published: its average rate, or (when capacity frees in
+          -- bursts) as much as this region used meanwhile, whichever is more. "Meanwhile" is
+          -- counted from the publication time (the older part of its slot pro rata) and from
+          -- when this region first saw the publication (exact: s0/b0 mark this region's
+          -- current slot and its count then).
+          local s0 = tonumber(rv[3])
+          local b0 = tonumber(rv[4])
+          if not s0 then
+            s0 = idx
+            b0 = loc[subs + 1]
+            redis.call('HSET', rkey, 's0', string.format('%d', s0), 'b0', string.format('%d', b0))
+          end
+          local seen = 0
+          if s0 >= idx - subs then
+            for k = s0 - idx + subs + 1, subs + 1 do seen = seen + loc[k] end
+            seen = seen - b0
+          else
+            for k = 1, subs + 1 do seen = seen + loc[k] end
+          end
+          local sa = math.floor(at / sw)
+          local since = 0
+          for k = math.max(sa + 1, idx - subs), idx do since = since + loc[k - idx + subs + 1] end
+          if sa >= idx - subs and sa <= idx then
+            since = since + loc[sa - idx + subs + 1] * ((sa + 1) * sw - at) / sw
+          end
+          cnt[subs + 1] = cnt[subs + 1] + math.max(rate * math.min(now - at, win), seen, since)
         end
       end
       local full = 0

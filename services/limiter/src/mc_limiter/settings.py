@@ -62,6 +62,20 @@ class LimiterSettings(ServiceSettings):
     envoy_token_entry: str = Field(
         "token", description="Envoy descriptor entry whose value is the MC token."
     )
+    envoy_invalid: Literal["over_limit", "ok"] = Field(
+        "over_limit",
+        description="What an invalid Envoy descriptor gets (it never masks another's "
+        "OVER_LIMIT): OVER_LIMIT (fail closed) or OK.",
+    )
+    envoy_invalid_by_domain: dict[str, Literal["over_limit", "ok"]] = Field(
+        default_factory=dict,
+        description='Per-domain override of ENVOY_INVALID, JSON: {"internal": "ok"}.',
+    )
+    envoy_headers: Literal["none", "ietf", "x-ratelimit"] = Field(
+        "none",
+        description="Rate limit headers Envoy adds to responses: IETF RateLimit / "
+        "RateLimit-Policy, Envoy's X-RateLimit-*, or none.",
+    )
 
     @field_validator("redis_urls", mode="before")
     @classmethod

@@ -29,10 +29,13 @@ class _RateLimitUnitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RateLim
     DAY: _RateLimitUnit.ValueType  # 4
     MONTH: _RateLimitUnit.ValueType  # 5
     YEAR: _RateLimitUnit.ValueType  # 6
-    WEEK: _RateLimitUnit.ValueType  # 7
 
 class RateLimitUnit(_RateLimitUnit, metaclass=_RateLimitUnitEnumTypeWrapper):
-    """RateLimitUnit is the unit of a rate limit override."""
+    """RateLimitUnit is the unit of a rate limit override (RateLimitDescriptor.limit).
+    Envoy's enum has no WEEK (unlike RateLimitResponse.RateLimit.Unit, which does): number 7 and
+    its old name are reserved here so the wire contract matches Envoy's and MC's breaking-change
+    check still passes. Weekly windows remain in MC's own contract (mc.limiter.v1.Limit.window_ms).
+    """
 
 UNKNOWN: RateLimitUnit.ValueType  # 0
 SECOND: RateLimitUnit.ValueType  # 1
@@ -41,5 +44,4 @@ HOUR: RateLimitUnit.ValueType  # 3
 DAY: RateLimitUnit.ValueType  # 4
 MONTH: RateLimitUnit.ValueType  # 5
 YEAR: RateLimitUnit.ValueType  # 6
-WEEK: RateLimitUnit.ValueType  # 7
 Global___RateLimitUnit: _TypeAlias = RateLimitUnit  # noqa: Y015

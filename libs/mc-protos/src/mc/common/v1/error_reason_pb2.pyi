@@ -104,6 +104,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_COST_EXCEEDS_CAPACITY is a cost larger than a limit's capacity."""
     ERROR_REASON_LEASE_EXPIRED: _ErrorReason.ValueType  # 204
     """ERROR_REASON_LEASE_EXPIRED is a fair-share grant whose lease ran out."""
+    ERROR_REASON_TOO_MANY_DESCRIPTORS: _ErrorReason.ValueType  # 220
+    """ERROR_REASON_TOO_MANY_DESCRIPTORS is a ShouldRateLimit call with more descriptors than
+    the limiter decides per call (see docs/services/limiter.md).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is every reason an MC service can put in a `google.rpc.ErrorInfo`: the
@@ -198,4 +202,8 @@ ERROR_REASON_COST_EXCEEDS_CAPACITY: ErrorReason.ValueType  # 203
 """ERROR_REASON_COST_EXCEEDS_CAPACITY is a cost larger than a limit's capacity."""
 ERROR_REASON_LEASE_EXPIRED: ErrorReason.ValueType  # 204
 """ERROR_REASON_LEASE_EXPIRED is a fair-share grant whose lease ran out."""
+ERROR_REASON_TOO_MANY_DESCRIPTORS: ErrorReason.ValueType  # 220
+"""ERROR_REASON_TOO_MANY_DESCRIPTORS is a ShouldRateLimit call with more descriptors than
+the limiter decides per call (see docs/services/limiter.md).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
