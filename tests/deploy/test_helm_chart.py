@@ -173,9 +173,8 @@ def test_secrets_are_referenced_never_inlined(chart: helm.Chart) -> None:
 
 
 def test_disabling_a_component_removes_all_its_objects(chart: helm.Chart) -> None:
-    objects = render(
-        chart, {"components": {"limiter": {"enabled": False}}, "serviceMonitor": {"enabled": True}}
-    )
+    disabled = {"limiter": {"enabled": False}, "edge-policy": {"enabled": False}}
+    objects = render(chart, {"components": disabled, "serviceMonitor": {"enabled": True}})
 
     components = {o["metadata"]["labels"].get("app.kubernetes.io/component") for o in objects}
     assert components == {"pql", None}  # None: the shared ServiceAccount
@@ -209,7 +208,7 @@ def test_service_monitor_only_when_enabled(chart: helm.Chart) -> None:
 def test_component_false_overrides_a_default_true(chart: helm.Chart) -> None:
     values = {"components": {"limiter": {"podDisruptionBudget": {"enabled": False}}}}
 
-    assert set(of_kind(render(chart, values), "PodDisruptionBudget")) == {"pql"}
+    assert set(of_kind(render(chart, values), "PodDisruptionBudget")) == {"pql", "edge-policy"}
 
 
 @pytest.mark.parametrize("removed", [None, ""], ids=["null", "empty"])

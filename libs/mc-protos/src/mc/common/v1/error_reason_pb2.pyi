@@ -108,6 +108,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_TOO_MANY_DESCRIPTORS is a ShouldRateLimit call with more descriptors than
     the limiter decides per call (see docs/services/limiter.md).
     """
+    ERROR_REASON_POLICY_PACKAGE_NOT_FOUND: _ErrorReason.ValueType  # 400
+    """ERROR_REASON_POLICY_PACKAGE_NOT_FOUND is a decision package the active bundle lacks."""
+    ERROR_REASON_POLICY_DENIED: _ErrorReason.ValueType  # 401
+    """ERROR_REASON_POLICY_DENIED is an enforced evaluation whose policy denied."""
+    ERROR_REASON_DECISION_LOG_UNAVAILABLE: _ErrorReason.ValueType  # 402
+    """ERROR_REASON_DECISION_LOG_UNAVAILABLE is a decision that could not be queued for the
+    decisions topic in time; it was not served.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is every reason an MC service can put in a `google.rpc.ErrorInfo`: the
@@ -205,5 +213,13 @@ ERROR_REASON_LEASE_EXPIRED: ErrorReason.ValueType  # 204
 ERROR_REASON_TOO_MANY_DESCRIPTORS: ErrorReason.ValueType  # 220
 """ERROR_REASON_TOO_MANY_DESCRIPTORS is a ShouldRateLimit call with more descriptors than
 the limiter decides per call (see docs/services/limiter.md).
+"""
+ERROR_REASON_POLICY_PACKAGE_NOT_FOUND: ErrorReason.ValueType  # 400
+"""ERROR_REASON_POLICY_PACKAGE_NOT_FOUND is a decision package the active bundle lacks."""
+ERROR_REASON_POLICY_DENIED: ErrorReason.ValueType  # 401
+"""ERROR_REASON_POLICY_DENIED is an enforced evaluation whose policy denied."""
+ERROR_REASON_DECISION_LOG_UNAVAILABLE: ErrorReason.ValueType  # 402
+"""ERROR_REASON_DECISION_LOG_UNAVAILABLE is a decision that could not be queued for the
+decisions topic in time; it was not served.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

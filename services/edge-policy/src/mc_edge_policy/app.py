@@ -1,0 +1,66 @@
+"""Wiring of the edge policy service: key ring, PDP (bootstrapped), decision log, gRPC spec."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from mc.policy.v1 import policy_service_pb2_grpc as svc_grpc
+from mc_common.events.publisher import EventPublisher
+from mc_common.server import ServiceSpec
+from mc_edge_policy.decision_log import DecisionSink, DiscardDecisions, KafkaDecisionLog
+from mc_edge_policy.edge_policy import EdgePolicy
+from mc_edge_policy.keys import load_keyring
+from mc_edge_policy.pdp import BundleRejected, PolicyDecisionPoint
+from mc_edge_policy.servicer import SERVICE_NAME, PolicyServicer
+from mc_edge_policy.settings import EdgePolicySettings
+
+log = logging.getLogger("mc.edge_policy")
+
+
+@dataclass
+class EdgePolicyApp:
+    """A started edge policy service minus its gRPC server (see `spec()`)."""
+
+    settings: EdgePolicySettings
+    pdp: PolicyDecisionPoint
+    policy: EdgePolicy
+    decision_log: KafkaDecisionLog | None = None
+
+    @classmethod
+    async def create(cls, settings: EdgePolicySettings) -> EdgePolicyApp:
+        """Load keys, bootstrap the PDP from its cache (and the configured bundle), start the
+        decision log. A PDP without a bundle still starts: it denies until one arrives."""
+        pdp = PolicyDecisionPoint(load_keyring(settings.trusted_keys_file), settings.cache_dir)
+        pdp.bootstrap()
+        if settings.bundle_file is not None:
+            try:
+                pdp.activate(settings.bundle_file.read_bytes())
+            except BundleRejected as exc:
+                log.error("configured bundle refused", extra={"reason": str(exc)})
+        decision_log: KafkaDecisionLog | None = None
+        sink: DecisionSink = DiscardDecisions()
+        if settings.kafka_bootstrap:
+            decision_log = KafkaDecisionLog(
+                EventPublisher(settings.kafka_bootstrap, source="mc-edge-policy"),
+                settings.decisions_topic,
+                max_pending=settings.decision_log_max_pending,
+                enqueue_timeout_s=settings.decision_log_enqueue_timeout_s,
+            )
+            await decision_log.start()
+            sink = decision_log
+        return cls(settings, pdp, EdgePolicy(pdp, sink), decision_log)
+
+    def spec(self) -> ServiceSpec:
+        servicer = PolicyServicer(self.policy)
+
+        def register(server: grpc.aio.Server) -> None:
+            svc_grpc.add_PolicyServiceServicer_to_server(servicer, server)
+
+        return ServiceSpec(name="mc-edge-policy", service_names=[SERVICE_NAME], register=register)
+
+    async def close(self) -> None:
+        if self.decision_log is not None:
+            await self.decision_log.stop()

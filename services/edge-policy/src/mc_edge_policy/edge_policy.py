@@ -1,0 +1,92 @@
+"""The PDP as the service offers it: decide for the authenticated caller, log every decision,
+and turn an enforced deny into a typed error (RetryInfo when a policy advised a delay)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mc.common.v1.error_reason_pb2 import ErrorReason
+from mc_common.errors import NotFound, PermissionDenied, ResourceExhausted
+from mc_common.tenancy import current_principal, require_tenant
+from mc_edge_policy.decision_log import DecisionSink
+from mc_edge_policy.evaluator import UnknownPackage
+from mc_edge_policy.pdp import Caller, Decision, Explanation, PdpStatus, PolicyDecisionPoint
+
+
+def current_caller() -> Caller:
+    """The caller from the authenticated call context (tenant, principal, SPIFFE ID)."""
+    from mc_common import tenancy
+
+    principal = current_principal()
+    # The SPIFFE ID arrives with mTLS ("identity"); until the library exposes it this is empty,
+    # and policies that need a workload identity deny.
+    spiffe = getattr(tenancy, "current_spiffe_id", lambda: None)()
+    return Caller(require_tenant(), str(principal) if principal else "", spiffe or "")
+
+
+class EdgePolicy:
+    """Decisions for callers, each recorded in the decision log before it is returned."""
+
+    def __init__(self, pdp: PolicyDecisionPoint, decisions: DecisionSink) -> None:
+        self.pdp = pdp
+        self._decisions = decisions
+
+    async def evaluate(
+        self,
+        caller: Caller,
+        package: str,
+        input_document: dict[str, Any],
+        *,
+        execution_id: str = "",
+        enforce: bool = False,
+    ) -> Decision:
+        try:
+            decision = self.pdp.decide(caller, package, input_document, execution_id=execution_id)
+        except UnknownPackage as exc:
+            raise _not_found(package) from exc
+        await self._decisions.record(decision)
+        if enforce and not decision.allow:
+            raise _enforced(decision)
+        return decision
+
+    async def explain(
+        self,
+        caller: Caller,
+        package: str,
+        input_document: dict[str, Any],
+        *,
+        execution_id: str = "",
+    ) -> Explanation:
+        try:
+            explanation = self.pdp.explain(
+                caller, package, input_document, execution_id=execution_id
+            )
+        except UnknownPackage as exc:
+            raise _not_found(package) from exc
+        await self._decisions.record(explanation.decision)
+        return explanation
+
+    def status(self) -> PdpStatus:
+        return self.pdp.status()
+
+
+def _not_found(package: str) -> NotFound:
+    return NotFound(
+        f"the active policy bundle has no decision package {package!r}",
+        reason=ErrorReason.ERROR_REASON_POLICY_PACKAGE_NOT_FOUND,
+    )
+
+
+def _enforced(decision: Decision) -> PermissionDenied | ResourceExhausted:
+    metadata = {"decision_id": decision.decision_id, "rule": decision.rule}
+    message = f"denied by {decision.rule}: {decision.reason}"
+    if decision.retry_after_ms is not None:
+        return ResourceExhausted(
+            message,
+            retry_after_ms=decision.retry_after_ms,
+            reason=ErrorReason.ERROR_REASON_POLICY_DENIED,
+            metadata=metadata,
+        )
+    return PermissionDenied(
+        message, reason=ErrorReason.ERROR_REASON_POLICY_DENIED, metadata=metadata
+    )

@@ -1,0 +1,39 @@
+"""Typed settings of the edge policy service, read from `MC_EDGE_POLICY_*` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from mc_common.config import ServiceSettings
+
+
+class EdgePolicySettings(ServiceSettings):
+    """Everything the edge policy service (the PDP) reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MC_EDGE_POLICY_", extra="ignore", frozen=True)
+
+    cache_dir: Path = Field(
+        Path("/var/lib/mc-edge-policy"),
+        description="Where the last good bundle, its state and quarantined bundles are kept.",
+    )
+    trusted_keys_file: Path | None = Field(
+        None,
+        description="JSON list of bundle verification keys: {kid, algorithm, pem, not_before?, "
+        "not_after?}; two entries overlap during a signing key rotation.",
+    )
+    bundle_file: Path | None = Field(
+        None, description="A signed bundle to activate at start (else the cache is used)."
+    )
+    kafka_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers; unset means decisions are not published."
+    )
+    decisions_topic: str = Field("mc.policy.decisions", description="Decisions topic.")
+    decision_log_max_pending: int = Field(
+        10_000, ge=1, description="Decisions queued for Kafka before new ones wait."
+    )
+    decision_log_enqueue_timeout_s: float = Field(
+        1.0, gt=0, description="How long a decision waits for queue space before UNAVAILABLE."
+    )
