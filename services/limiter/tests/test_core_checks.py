@@ -153,6 +153,26 @@ async def test_throttle_levels_scale_limits(
     assert sum(d.allowed for d in other) == 20, "other tenants are not throttled"
 
 
+@pytest.mark.parametrize("level", ["mild", "moderate", "hard"])
+@pytest.mark.parametrize("algorithm", [gcra, sliding])
+async def test_throttling_a_tenant_never_costs_a_shared_pool_more_than_it_admits(
+    make_limiter: MakeLimiter, level: str, algorithm: Callable[..., dict[str, Any]]
+) -> None:
+    """A throttled tenant drawing on a global GCRA pool used to advance it by 1/factor per
+    unit (10x at hard), shrinking every other tenant's pool. It now sees the pool as full
+    sooner and each unit it takes costs the pool exactly one unit."""
+    limiter = await make_limiter()
+    await limiter.put_rule(
+        {"id": "pool", "scope": "global", "limits": [algorithm("all", 100)]}, actor="t"
+    )
+    await limiter.set_throttle("hostile", level, actor="ops")
+    hostile = await limiter.check_batch([CheckRequest("hostile", "", "k")] * 150)
+    taken = sum(d.allowed for d in hostile)
+    assert 1 <= taken < 100  # throttled: it never gets the whole pool
+    others = await limiter.check_batch([CheckRequest("good", "", "k")] * 150)
+    assert sum(d.allowed for d in others) == 100 - taken
+
+
 async def test_clients_waiting_retry_after_are_admitted(make_limiter: MakeLimiter) -> None:
     limiter = await make_limiter()
     await limiter.put_rule(
@@ -224,3 +244,27 @@ async def test_scopes_count_separately(make_limiter: MakeLimiter) -> None:
         "by_key": 2,
         "by_token_key": 1,
     }
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [sliding("s", 10, 1000), sliding("s", 10, 1000, sub_windows=4), gcra("g", 10, 1000)],
+    ids=["sliding-1", "sliding-4", "gcra"],
+)
+async def test_after_the_stated_reset_the_whole_limit_is_available(
+    make_limiter: MakeLimiter, limit: dict[str, Any]
+) -> None:
+    """reset_after_ms used to assume continuous refill (used x window / limit): for a sliding
+    window only part of the limit was back at the stated reset."""
+    limiter = await make_limiter()
+    await limiter.put_rule(rule("r", [limit]), actor="t")
+    decisions = await limiter.check_batch([CheckRequest("acme", "", "k")] * 10)
+    assert all(d.allowed for d in decisions)
+    stated = decisions[-1].results[0].reset_after_ms
+    assert 0 < stated <= 2 * limit["window_ms"]
+    peek = await limiter.check("acme", "", "k", 0)
+    assert peek.results[0].reset_after_ms <= stated
+    await asyncio.sleep(peek.results[0].reset_after_ms / 1000)
+    after = await limiter.check("acme", "", "k", 0)
+    assert after.results[0].remaining == 10, after.results[0]
+    assert after.results[0].reset_after_ms == 0

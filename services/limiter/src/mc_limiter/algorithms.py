@@ -39,6 +39,8 @@ class Evaluation:
     remaining: int  # units left after this request if admitted, else units left now
     retry_us: float  # 0 when allowed
     used: int  # units in use after this request if admitted, else now
+    # Until nothing is in use any more (the whole limit available again) if nobody consumes.
+    reset_us: float = 0.0
 
 
 @dataclass(slots=True)
@@ -61,7 +63,7 @@ class GcraState:
         remaining = max(0, math.floor((tau - in_use) / emission + EPSILON))
         used = max(0, math.ceil(in_use / emission - EPSILON))
         retry = 0.0 if allowed else new_tat - now - tau
-        return Evaluation(allowed, remaining, retry, used)
+        return Evaluation(allowed, remaining, retry, used, max(0.0, in_use))
 
 
 @dataclass(slots=True)
@@ -97,7 +99,18 @@ class SlidingWindowState:
         retry = 0.0
         if not allowed:
             retry = sliding_retry_at(slots, idx, frac, sw, unit, limit) - now
-        return Evaluation(allowed, remaining, retry, used)
+        newest = idx if allowed and consume else None
+        if newest is None:
+            newest = next((idx - k for k, n in enumerate(reversed(slots)) if n > 0), None)
+        reset = 0.0 if newest is None else sliding_reset_at(newest, sw, sub_windows) - now
+        return Evaluation(allowed, remaining, retry, used, reset)
+
+
+def sliding_reset_at(newest: int, sw: float, sub_windows: int) -> float:
+    """When the newest slot holding units (``newest``) has left the window: from then on the
+    estimate is 0 and the whole limit is available. (A slot ``k`` counts while the current
+    slot is at most ``k + sub_windows``.)"""
+    return (newest + sub_windows + 1) * sw
 
 
 def sliding_retry_at(

@@ -131,10 +131,9 @@ def rule_to_proto(stored: StoredRule) -> pb.Rule:
 
 
 def reset_after_ms(result: LimitResult) -> int:
-    """How long until the limit is fully replenished (continuous refill approximation)."""
-    if result.limit <= 0 or result.used <= 0:
-        return 0
-    return math.ceil(result.used * result.window_ms / result.limit)
+    """How long until the limit is fully replenished if nobody consumes (from the decision:
+    for a sliding window, until its newest used slot has left the window)."""
+    return result.reset_after_ms
 
 
 def _status(make: Callable[..., pb.LimitStatus], result: LimitResult) -> pb.LimitStatus:

@@ -64,6 +64,8 @@ class LimitResult:
     limit: int
     window_ms: int
     source: Source
+    # Until nothing is in use (the whole limit available again) if nobody consumes, ms.
+    reset_after_ms: int = 0
 
     @property
     def ref(self) -> LimitRef:

@@ -268,6 +268,7 @@ class Executor:
                 at = outcome.at + 1
                 for item in items:
                     retry_us = reply[at + 2]
+                    reset_us = reply[at + 5]
                     results.append(
                         LimitResult(
                             item.rule_id,
@@ -280,6 +281,7 @@ class Executor:
                             item.limit,
                             item.window_ms,
                             Source.REDIS,
+                            0 if reset_us <= 0 else -(-reset_us // 1000),
                         )
                     )
                     at += LIMIT_REPLY
@@ -301,6 +303,7 @@ class Executor:
                         item.limit,
                         item.window_ms,
                         source,
+                        math.ceil(evaluation.reset_us / 1000),
                     )
                 )
                 degraded = degraded or source is not Source.REDIS

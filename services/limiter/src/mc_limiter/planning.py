@@ -283,9 +283,16 @@ class Planner:
             if enforce is None:
                 enforce = self._enforced(p, snapshot.global_shadow)
                 enforce_by_rule[p.rule.id] = enforce
-            items.append(
-                Item(p, enforce, scale(p.limit.limit, factor), scale(p.limit.capacity, factor))
-            )
+            limit = p.limit
+            if p.rule.scope is Scope.GLOBAL and limit.algorithm is Algorithm.GCRA:
+                # A shared pool: the throttled tenant sees it full sooner (a smaller
+                # tolerance), but each unit it takes costs the pool one unit (the emission
+                # interval stays the pool's), so its throttle never costs other tenants.
+                items.append(Item(p, enforce, limit.limit, scale(limit.capacity, factor)))
+            else:
+                items.append(
+                    Item(p, enforce, scale(limit.limit, factor), scale(limit.capacity, factor))
+                )
         return items
 
     def _groups(self, items: list[Item]) -> list[Group]:

@@ -33,7 +33,7 @@ from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS
 
 # Values per limit in CHECK_LUA's ARGV and in its reply (see below).
 LIMIT_ARGS = 7
-LIMIT_REPLY = 5
+LIMIT_REPLY = 6
 
 # ARGV: d (decisions), then per decision: cost, n (limits), then per limit: algo (0 gcra,
 # 1 sliding), limit, window_us, burst, sub_windows, enforce (1/0), n_remote. KEYS: per
@@ -44,7 +44,9 @@ LIMIT_REPLY = 5
 # marks when it first saw a publication in the remote hash, "s0"/"b0").
 # cost = 0 is a peek: evaluated as a 1-unit request, nothing is consumed.
 # Reply: {now_us, then per decision: all_ok, then per limit: allowed, remaining, retry_us,
-# used, slot}.
+# used, slot, reset_us}. reset_us is how long until nothing is in use (the whole limit is
+# available again) if nobody consumes: for gcra until the TAT reaches now, for a sliding
+# window until the newest slot holding units has left the window.
 #
 # Per limit the script makes two Redis calls on the common path (GET + SET for gcra, HMGET +
 # HINCRBY for sliding windows): a sliding-window key gets its TTL, and loses its expired
@@ -62,7 +64,7 @@ local o = 1
 local ki = 1
 local ai = 2
 local s_algo, s_key, s_ok, s_lim, s_win, s_retry, s_slot = {}, {}, {}, {}, {}, {}, {}
-local s_a, s_b, s_c, s_d, s_field = {}, {}, {}, {}, {}
+local s_a, s_b, s_c, s_d, s_field, s_new = {}, {}, {}, {}, {}, {}
 for _ = 1, tonumber(ARGV[1]) do
   local cost_s = ARGV[ai]
   local cost = tonumber(cost_s)
@@ -144,6 +146,10 @@ for _ = 1, tonumber(ARGV[1]) do
           cnt[subs + 1] = cnt[subs + 1] + math.max(rate * math.min(now - at, win), seen, since)
         end
       end
+      s_new[i] = nil
+      for k = subs + 1, 1, -1 do
+        if cnt[k] > 0 then s_new[i] = idx - subs - 1 + k break end
+      end
       local full = 0
       for k = 2, subs + 1 do full = full + cnt[k] end
       local est = full + cnt[1] * (1 - frac)
@@ -191,6 +197,7 @@ for _ = 1, tonumber(ARGV[1]) do
     local consume = consume_all and ok
     local remaining
     local used
+    local reset
     if s_algo[i] == 0 then
       local T = s_b[i]
       local in_use = s_d[i]
@@ -201,6 +208,7 @@ for _ = 1, tonumber(ARGV[1]) do
       end
       remaining = math.floor((s_c[i] - in_use) / T + EPS)
       used = math.ceil(in_use / T - EPS)
+      reset = in_use
     else
       local est = s_a[i]
       if consume then
@@ -223,6 +231,10 @@ for _ = 1, tonumber(ARGV[1]) do
       end
       remaining = math.floor(s_lim[i] - est + EPS)
       used = math.ceil(est - EPS)
+      local newest = s_new[i]
+      if consume then newest = s_slot[i] end
+      reset = 0
+      if newest then reset = (newest + s_c[i] + 1) * s_b[i] - now end
     end
     if remaining < 0 then remaining = 0 end
     if used < 0 then used = 0 end
@@ -231,7 +243,9 @@ for _ = 1, tonumber(ARGV[1]) do
     out[o + 3] = math.ceil(s_retry[i])
     out[o + 4] = used
     out[o + 5] = s_slot[i]
-    o = o + 5
+    if reset < 0 then reset = 0 end
+    out[o + 6] = math.ceil(reset)
+    o = o + 6
   end
 end
 return out

@@ -1,8 +1,11 @@
 """Per-tenant throttle levels: an operator (or the incidents service) scales one tenant's limits.
 
-A level multiplies every limit and burst that the tenant's checks evaluate, including shared
-``global``-scope pools: a throttled tenant sees the pool as full sooner, while other tenants
-keep the unscaled capacity. Factors:
+A level multiplies every limit and burst that the tenant's checks evaluate. Shared
+``global``-scope pools are scaled so that a throttle never costs the other tenants: a
+throttled tenant sees the pool as full sooner, but each unit it takes costs the pool one unit.
+For a sliding-window pool that is the scaled limit; for a GCRA pool only the burst (the
+tolerance) is scaled and the emission interval stays the pool's (scaling the rate would make
+each of the tenant's units advance the shared bucket by 1/factor units). Factors:
 
 ======== ====== ===============================================
 level    factor meaning
