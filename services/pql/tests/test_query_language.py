@@ -151,3 +151,19 @@ def test_any_text_is_a_plan_or_a_typed_invalid_argument(text: str) -> None:
         assert f'"{alias}".tenant = ' in sql_text
     assert "acme" in compiled.params.values()
     assert "LIMIT %(" in sql_text
+
+
+def test_estimator_reads_tenant_and_window_shares_from_statistics() -> None:
+    from datetime import timedelta
+
+    from mc_pql.query.stats import TableStats, _array
+
+    assert _array('{acme,"t 1","quo\\"te",x}') == ["acme", "t 1", 'quo"te', "x"]
+    day = timedelta(days=1)
+    bounds = [NOW - 4 * day, NOW - 3 * day, NOW - 2 * day, NOW - day, NOW]  # 4 equal buckets
+    table = TableStats(1000.0, {"big": 0.5}, 0.01, bounds)
+    assert table.tenant_share("big") == 0.5 and table.tenant_share("small") == 0.01
+    assert table.window_share(NOW - 10 * day) == 1.0
+    assert table.window_share(NOW - 2 * day) == 0.5
+    assert table.window_share(NOW - 1.5 * day) == 0.375
+    assert TableStats(10.0, {}, 1.0, ()).window_share(NOW) == 1.0

@@ -168,14 +168,20 @@ async def test_row_cap_truncates_explicitly(stubs) -> None:  # type: ignore[no-u
 
 
 async def test_cost_guard_refuses_before_running(pql_settings: PqlSettings) -> None:
-    settings = pql_settings.model_copy(update={"query_max_cost": 0.01})
+    settings = pql_settings.model_copy(update={"query_max_cost": 2.5})
     app = await PqlApp.create(settings)
     running = await start_server(settings, app.spec())
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
+            prov = svc_grpc.ProvenanceServiceStub(channel)
             query = q_grpc.QueryServiceStub(channel)
+            await seed(prov, "acme", 3)
+            with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+                conn.execute("ANALYZE pql.receipt_facts")
+            app.queries._engine.stats.invalidate()
+            # aggregating 3 rows reads 3 > 2.5: refused before it runs
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await query.Query(q.QueryRequest(query="FIND receipts"), metadata=md("acme"))
+                await query.Query(q.QueryRequest(query="FIND COUNT(receipts)"), metadata=md("acme"))
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             details = status_details(info.value)
             failure = next(
@@ -184,9 +190,17 @@ async def test_cost_guard_refuses_before_running(pql_settings: PqlSettings) -> N
             assert failure.violations[0].type == "cost"
             assert "narrow it" in (info.value.details() or "")
             explained = await query.ExplainQuery(
-                q.ExplainQueryRequest(query="FIND receipts"), metadata=md("acme")
+                q.ExplainQueryRequest(query="FIND COUNT(receipts)"), metadata=md("acme")
             )
-            assert not explained.accepted and "estimated cost" in explained.rejection
+            assert not explained.accepted and "rows" in explained.rejection
+            assert "Plan Rows" in explained.plan_json
+            # the newest rows through the index stop at the row cap: affordable
+            rows_only = await query.Query(
+                q.QueryRequest(query="FIND receipts LIMIT 1"), metadata=md("acme")
+            )
+            assert len(rows_only.result.rows) == 1
+            # another tenant has no rows to read
+            await query.Query(q.QueryRequest(query="FIND COUNT(receipts)"), metadata=md("other"))
     finally:
         await running.stop(0)
         await app.close()
@@ -357,3 +371,35 @@ async def test_no_query_text_or_parameter_gets_internal(stubs) -> None:  # type:
             continue
         for row in rows(reply.result):  # tenant "other" has no data: only empty aggregates
             assert all(v in (0, None) for v in row.values()), (text, row)
+
+
+async def test_cli_runs_explains_exports_and_searches(
+    stubs, server, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from maestro_cli.main import main
+
+    prov, _ = stubs
+    await seed(prov, "acme", 2)
+    address = ["--tenant", "acme", "--address", server[0].address]
+    code = await asyncio.to_thread(
+        main, ["pql", "run", *address, "FIND COUNT(receipts) GROUP BY package SINCE 1d"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "package   COUNT(receipts)" in out and "acme/etl  2" in out and "(1 row)" in out
+    code = await asyncio.to_thread(
+        main, ["pql", "explain", *address, "FIND receipts WHERE cost > :c", "-p", "c=5"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "verdict: would run" in out and "cost:" in out and "%(p" in out
+    code = await asyncio.to_thread(main, ["pql", "run", *address, "FIND receipts WHERE"])
+    assert code == 1
+    assert "line 1, column 20" in capsys.readouterr().err
+    code = await asyncio.to_thread(main, ["pql", "search", *address, "task:extract"])
+    assert code == 0 and capsys.readouterr().out.count("receipt") == 2
+    code = await asyncio.to_thread(main, ["pql", "run", "--csv", *address, "FIND receipts"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.splitlines()[0].startswith("digest,sequence,execution_id")
+    assert len(out.splitlines()) == 3

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 
+from maestro_cli import pql
 from maestro_cli.fleet import Fleet, read_endpoint
 
 EXIT_OK, EXIT_BROKEN, EXIT_ERROR = 0, 1, 2
@@ -92,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--data-dir", default=os.environ.get("MC_DEV_DATA_DIR", "var/dev"))
     verify.set_defaults(func=_receipts_verify)
+
+    pql.add_commands(commands)
     return parser
 
 

@@ -30,7 +30,8 @@ MANIFEST = ServiceManifest(
     settings=PqlSettings,
     grpc_port=7301,
     metrics_port=9301,
-    api="`mc.pql.v1.ProvenanceService`: record/get/list/verify receipts, executions, decisions",
+    api="`mc.pql.v1.ProvenanceService`: record/get/list/verify receipts, executions, decisions; "
+    "`QueryService`: PQL queries, search, saved queries ([docs/pql.md](docs/pql.md))",
     needs=frozenset({Infra.POSTGRES, Infra.KAFKA}),
     dev_env=dev_env,
 )

@@ -67,7 +67,9 @@ class PqlSettings(ServiceSettings):
         10_000, ge=1, le=100_000, description="PQL: most rows a query returns (then truncated)."
     )
     query_max_cost: float = Field(
-        250_000.0, gt=0, description="PQL: highest Postgres plan cost estimate a query may have."
+        1_000_000.0,
+        gt=0,
+        description="PQL cost guard: most rows a query may read (estimated from statistics).",
     )
     query_timeout_ms: int = Field(
         5_000, ge=100, le=600_000, description="PQL: statement timeout of one query."

@@ -1,8 +1,10 @@
 """Run PQL queries against the provenance store: estimate, refuse or run, cache, stream.
 
-Every query runs in a READ ONLY transaction under a statement timeout, on one pooled
-connection: first `EXPLAIN` (Postgres' estimate from its table statistics) decides whether the
-plan is affordable, then the statement runs. Results are cached per tenant data version.
+A query is first priced by the cost estimator (`stats`: rows it would read, from a snapshot of
+Postgres' table statistics, no round trip) and refused before anything is sent when too
+costly. It then runs in a READ ONLY transaction under a statement timeout, pipelined so that
+the guard settings and the statement share one network round trip. Results are cached per
+tenant data version (`cache`). `explain` also asks Postgres for its plan (EXPLAIN, not run).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -27,8 +29,13 @@ from mc_pql.query.cache import ResultCache
 from mc_pql.query.errors import QueryRejected
 from mc_pql.query.parser import GRAMMAR_VERSION, parse
 from mc_pql.query.planner import DEFAULT_ROW_CAP, Column, ParamValue, Plan, plan
+from mc_pql.query.stats import Statistics
 
 MAX_PARAMS: Final = 64
+_GUARD: Final = (
+    "SELECT set_config('transaction_read_only', 'on', true),"
+    " set_config('statement_timeout', %s, true)"
+)
 Value = str | int | float | bool | datetime | timedelta | None
 
 
@@ -37,7 +44,8 @@ class QueryLimits:
     """The guardrails an operator sets (settings `MC_PQL_QUERY_*`)."""
 
     row_cap: int = DEFAULT_ROW_CAP
-    max_cost: float = 250_000.0
+    max_cost: float = 1_000_000.0
+    """Most rows a query may read (the estimator's unit)."""
     statement_timeout_ms: int = 5_000
     cache_entries: int = 1024
     cache_ttl_s: float = 300.0
@@ -46,14 +54,15 @@ class QueryLimits:
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
-    """Postgres' estimate of a plan: its total cost (planner units) and the rows the query
-    would return without the row cap, plus the costliest scan, for the explanation."""
+    """The cost estimator's price of a plan: the rows it would read (`cost`), the rows it
+    would return without the row cap (`rows`, an upper bound), the costliest table, and how
+    long the estimate took. `plan` is Postgres' own plan, only filled by `explain`."""
 
     cost: float
     rows: int
     heaviest: str
-    plan: dict[str, Any]
     ms: float
+    plan: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +117,7 @@ class QueryEngine:
         self.cache: ResultCache[QueryResult] = ResultCache(
             self.limits.cache_entries, self.limits.cache_ttl_s, registry=registry
         )
+        self.stats = Statistics(pool)
         self._seconds = Histogram(
             "mc_pql_query_seconds",
             "PQL query latency by phase (estimate, execute) on cache misses.",
@@ -135,21 +145,25 @@ class QueryEngine:
         or the statement timeout refuses it."""
         started = time.perf_counter()
         compiled = self.compile(tenant, text, params)
-        async with self._pool.connection() as conn, conn.transaction():
-            await self._guard(conn)
-            version = await _tenant_version(conn, tenant)
-            key = (tenant, version, text, _params_key(params), compiled.row_cap)
-            cached = self.cache.get(key)
-            if cached is not None:
-                return QueryResult(
-                    **{**_fields(cached), "cached": True, "elapsed_ms": _ms(started)}
-                )
-            estimate = await self._estimate(conn, compiled)
+        caching = self.limits.cache_entries > 0
+        # One pipelined transaction: BEGIN and the version read share a round trip, the guard
+        # settings and the statement share the next.
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+            key: tuple[Any, ...] = ()
+            if caching:
+                version = await _tenant_version(conn, tenant)
+                key = (tenant, version, text, _params_key(params), compiled.row_cap)
+                cached = self.cache.get(key)
+                if cached is not None:
+                    return QueryResult(
+                        **{**_fields(cached), "cached": True, "elapsed_ms": _ms(started)}
+                    )
+            estimate = await self.estimate(compiled)
             self._check_cost(estimate)
             t0 = time.perf_counter()
-            rows = await _fetch(conn, compiled)
+            rows = await self._fetch(conn, compiled)
             self._seconds.labels("execute").observe(time.perf_counter() - t0)
-        truncated = len(rows) > compiled.row_cap
+        truncated = compiled.capped and len(rows) > compiled.row_cap
         rows = rows[: compiled.row_cap]
         result = QueryResult(
             columns=compiled.columns,
@@ -160,19 +174,43 @@ class QueryEngine:
             guardrails=compiled.guardrails,
             elapsed_ms=_ms(started),
         )
-        if len(rows) <= self.limits.cache_max_rows:
+        if caching and len(rows) <= self.limits.cache_max_rows:
             self.cache.put(key, result)
         return result
+
+    async def estimate(self, compiled: Plan) -> Estimate:
+        """Price `compiled` from the statistics snapshot (see `stats`)."""
+        t0 = time.perf_counter()
+        read = 0.0
+        heaviest = (-1.0, "")
+        for scan in compiled.scans:
+            table = await self.stats.table(scan.table)
+            rows = table.rows * table.tenant_share(compiled.tenant) * table.window_share(scan.start)
+            read += rows
+            if rows > heaviest[0]:
+                heaviest = (rows, f"{scan.table} (~{int(rows)} rows of the tenant in the window)")
+        returned = read
+        if not compiled.aggregated and not compiled.filtered and len(compiled.scans) == 1:
+            read = min(read, compiled.row_cap + 1.0)  # newest first through the index: stops
+        if compiled.per_row_subquery:
+            read *= 2
+        elapsed = time.perf_counter() - t0
+        self._seconds.labels("estimate").observe(elapsed)
+        return Estimate(
+            cost=read, rows=int(returned), heaviest=heaviest[1] or "nothing", ms=elapsed * 1000
+        )
 
     async def explain(
         self, tenant: str, text: str, params: Mapping[str, ParamValue] | None = None
     ) -> Explanation:
         """Explain a query without running it."""
         compiled = self.compile(tenant, text, params)
+        estimate = await self.estimate(compiled)
         async with self._pool.connection() as conn, conn.transaction():
             await self._guard(conn)
-            estimate = await self._estimate(conn, compiled)
+            plan_doc = await _postgres_plan(conn, compiled)
             statement = compiled.statement.as_string(conn)
+        estimate = replace(estimate, plan=plan_doc)
         rejection = ""
         try:
             self._check_cost(estimate)
@@ -188,7 +226,7 @@ class QueryEngine:
                 f"row cap: at most {compiled.row_cap} rows (truncation is flagged)",
                 f"window: SINCE {int(compiled.window.total_seconds() // 86400)}d or less "
                 f"(at most 180d)",
-                f"cost guard: estimated cost {estimate.cost:.0f} of at most "
+                f"cost guard: about {estimate.cost:.0f} rows read, of at most "
                 f"{self.limits.max_cost:.0f}",
                 f"statement timeout: {self.limits.statement_timeout_ms} ms, read-only",
             ),
@@ -203,10 +241,10 @@ class QueryEngine:
         and finally the `QueryResult` (without rows) whose `truncated` flag the caller puts in
         the trailer. The same guards apply as to `run`."""
         compiled = self.compile(tenant, text, params)
+        estimate = await self.estimate(compiled)
+        self._check_cost(estimate)
         async with self._pool.connection() as conn, conn.transaction():
             await self._guard(conn)
-            estimate = await self._estimate(conn, compiled)
-            self._check_cost(estimate)
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
             writer.writerow([c.name for c in compiled.columns])
@@ -216,7 +254,7 @@ class QueryEngine:
                 await cursor.execute(compiled.statement, compiled.params)
                 async for row in cursor:
                     if count == compiled.row_cap:
-                        truncated = True
+                        truncated = compiled.capped
                         break
                     writer.writerow([_csv_cell(v) for v in row])
                     count += 1
@@ -236,38 +274,30 @@ class QueryEngine:
         )
 
     async def _guard(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        await conn.execute("SET TRANSACTION READ ONLY")
-        await conn.execute(
-            "SELECT set_config('statement_timeout', %s, true)",
-            (str(self.limits.statement_timeout_ms),),
-        )
+        await conn.execute(_GUARD, (str(self.limits.statement_timeout_ms),))
 
-    async def _estimate(self, conn: psycopg.AsyncConnection[Any], compiled: Plan) -> Estimate:
-        t0 = time.perf_counter()
-        cursor = await conn.execute(
-            sql.SQL("EXPLAIN (FORMAT JSON) {}").format(compiled.statement), compiled.params
-        )
-        row = await cursor.fetchone()
-        assert row is not None
-        document = row[0] if not isinstance(row[0], str) else json.loads(row[0])
-        top: dict[str, Any] = document[0]["Plan"]
-        inner = top["Plans"][0] if top.get("Node Type") == "Limit" and top.get("Plans") else top
-        elapsed = time.perf_counter() - t0
-        self._seconds.labels("estimate").observe(elapsed)
-        return Estimate(
-            cost=float(top["Total Cost"]),
-            rows=int(inner.get("Plan Rows", 0)),
-            heaviest=_heaviest_scan(top),
-            plan=top,
-            ms=elapsed * 1000,
-        )
+    async def _fetch(
+        self, conn: psycopg.AsyncConnection[Any], compiled: Plan
+    ) -> list[tuple[Value, ...]]:
+        """Run the statement read-only under the timeout (inside the caller's transaction)."""
+        try:
+            await self._guard(conn)
+            cursor = await conn.execute(compiled.statement, compiled.params)
+            rows = await cursor.fetchall()
+        except psycopg.errors.QueryCanceled as exc:
+            raise QueryRejected(
+                "query stopped at the statement timeout; narrow it (shorter SINCE, more filters)",
+                reason=ErrorReason.ERROR_REASON_PQL_TIMEOUT,
+                guardrail="statement_timeout",
+            ) from exc
+        return [tuple(_value(v) for v in row) for row in rows]
 
     def _check_cost(self, estimate: Estimate) -> None:
         if estimate.cost <= self.limits.max_cost:
             return
         raise QueryRejected(
-            f"query refused before running: estimated cost {estimate.cost:.0f} exceeds the "
-            f"limit of {self.limits.max_cost:.0f} (the heaviest step is {estimate.heaviest}); "
+            f"query refused before running: it would read about {estimate.cost:.0f} rows, more "
+            f"than the limit of {self.limits.max_cost:.0f} (the most from {estimate.heaviest}); "
             "narrow it: a shorter SINCE, a filter on package, execution_id, digest or decision, "
             "or a TOP k",
             reason=ErrorReason.ERROR_REASON_PQL_TOO_COSTLY,
@@ -288,16 +318,14 @@ async def _tenant_version(conn: psycopg.AsyncConnection[Any], tenant: str) -> in
     return int(row[0]) if row else 0
 
 
-async def _fetch(conn: psycopg.AsyncConnection[Any], compiled: Plan) -> list[tuple[Value, ...]]:
-    try:
-        cursor = await conn.execute(compiled.statement, compiled.params)
-    except psycopg.errors.QueryCanceled as exc:
-        raise QueryRejected(
-            "query stopped at the statement timeout; narrow it (shorter SINCE, more filters)",
-            reason=ErrorReason.ERROR_REASON_PQL_TIMEOUT,
-            guardrail="statement_timeout",
-        ) from exc
-    return [tuple(_value(v) for v in row) for row in await cursor.fetchall()]
+async def _postgres_plan(conn: psycopg.AsyncConnection[Any], compiled: Plan) -> dict[str, Any]:
+    cursor = await conn.execute(
+        sql.SQL("EXPLAIN (FORMAT JSON) {}").format(compiled.statement), compiled.params
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    document = row[0] if not isinstance(row[0], str) else json.loads(row[0])
+    return dict(document[0]["Plan"])
 
 
 def _value(value: object) -> Value:
@@ -325,26 +353,6 @@ def _param_text(value: object) -> str:
 
 def _params_key(params: Mapping[str, ParamValue] | None) -> str:
     return json.dumps(dict(params or {}), sort_keys=True, default=str)
-
-
-def _heaviest_scan(node: Mapping[str, Any]) -> str:
-    best: tuple[float, str] = (-1.0, "the plan")
-
-    def walk(n: Mapping[str, Any]) -> None:
-        nonlocal best
-        kind = str(n.get("Node Type", ""))
-        if "Scan" in kind:
-            cost = float(n.get("Total Cost", 0.0))
-            if cost > best[0]:
-                relation = n.get("Relation Name", "")
-                index = n.get("Index Name")
-                what = f"{kind} on {relation}" + (f" using {index}" if index else "")
-                best = (cost, f"{what} (~{int(n.get('Plan Rows', 0))} rows)")
-        for child in n.get("Plans", ()):
-            walk(child)
-
-    walk(node)
-    return best[1]
 
 
 def _fields(result: QueryResult) -> dict[str, Any]:

@@ -3,6 +3,7 @@ what was expected. Nesting and list lengths are bounded so no input can exhaust 
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 from typing import Final, cast
 
@@ -43,8 +44,11 @@ _COMPARISONS: Final = ("=", "!=", "<", "<=", ">", ">=")
 _CLAUSE_START: Final = "JOIN, WHERE, GROUP BY, BUCKET BY, TOP, SINCE, LIMIT"
 
 
+@functools.lru_cache(maxsize=2048)
 def parse(text: str) -> Query:
-    """Parse one PQL query; raise `PqlSyntaxError` (INVALID_ARGUMENT) if it is not PQL."""
+    """Parse one PQL query; raise `PqlSyntaxError` (INVALID_ARGUMENT) if it is not PQL.
+
+    Results are cached by text (the AST is immutable): dashboards repeat their queries."""
     if len(text) > MAX_QUERY_CHARS:
         raise PqlSyntaxError(
             f"query longer than {MAX_QUERY_CHARS} characters", line=1, column=MAX_QUERY_CHARS

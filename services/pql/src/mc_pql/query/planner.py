@@ -54,11 +54,20 @@ class Column:
 
 
 @dataclass(frozen=True, slots=True)
+class Scan:
+    """One table a plan reads: the caller's rows from `start` on (for the cost estimator)."""
+
+    table: str
+    start: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """A compiled query: the statement, its parameters and what the guardrails did.
 
-    `statement` selects at most `row_cap + 1` rows, so the engine can tell a truncated result
-    from a complete one without a second query.
+    `statement` selects at most `row_cap + 1` rows when the row cap bounds it (`capped`), so
+    the engine can tell a truncated result from a complete one without a second query; a
+    smaller LIMIT or TOP k selects exactly that many (never reported as truncated).
     """
 
     subject: str
@@ -69,6 +78,11 @@ class Plan:
     window: timedelta
     guardrails: tuple[str, ...]
     aggregated: bool
+    scans: tuple[Scan, ...] = ()
+    tenant: str = ""
+    capped: bool = True
+    filtered: bool = False
+    per_row_subquery: bool = False
 
 
 @dataclass
@@ -78,6 +92,7 @@ class _Builder:
     values: Mapping[str, ParamValue]
     params: dict[str, object] = field(default_factory=dict)
     guardrails: list[str] = field(default_factory=list)
+    subquery: bool = False
 
     def bind(self, value: object) -> sql.Composable:
         name = f"p{len(self.params)}"
@@ -241,7 +256,12 @@ def plan(
         statement = sql.SQL("{} GROUP BY {}").format(
             statement, sql.SQL(", ").join(sql.SQL(str(i + 1)) for i in range(len(group_exprs)))
         )
-    statement = sql.SQL("{} ORDER BY {} LIMIT {}").format(statement, order, b.bind(limit + 1))
+    # Only the row cap truncates: one row more than it tells a cut result from a complete one.
+    # A LIMIT or TOP k below the cap is the answer the caller asked for, not a truncation.
+    capped = limit == row_cap
+    statement = sql.SQL("{} ORDER BY {} LIMIT {}").format(
+        statement, order, b.bind(limit + 1 if capped else limit)
+    )
     return Plan(
         subject=base.name,
         statement=statement,
@@ -249,8 +269,13 @@ def plan(
         columns=tuple(columns),
         row_cap=limit,
         window=window,
+        capped=capped,
         guardrails=tuple(b.guardrails),
         aggregated=bool(aggregates),
+        scans=tuple(Scan(s.table, start) for s in scope.subjects()),
+        tenant=tenant,
+        filtered=query.where is not None,
+        per_row_subquery=b.subquery,
     )
 
 
@@ -334,6 +359,8 @@ def _time_sql(subject: Subject) -> sql.Composable:
 
 
 def _field_sql(subject: Subject, f: Field, b: _Builder) -> sql.Composable:
+    if "SELECT" in f.sql:
+        b.subquery = True
     if f.name.startswith("label."):
         key = f.name[len("label.") :]
         return sql.SQL("({}.labels ->> {})").format(sql.Identifier(subject.alias), b.bind(key))
