@@ -1,0 +1,28 @@
+"""Helpers shared by the gateway tests (imported by name; tests/ is on pythonpath)."""
+
+from __future__ import annotations
+
+import grpc
+
+from mc.gateway.v1 import api_key_service_pb2 as kpb
+from mc.gateway.v1 import api_key_service_pb2_grpc as kgrpc
+from mc_gateway.app import RunningGateway
+
+OPERATOR_MD = (("x-mc-principal", "operator:test-ops"),)
+
+
+async def issue_key(
+    gateway: RunningGateway, tenant: str, principal: str = "service:ci"
+) -> kpb.CreateApiKeyResponse:
+    """A key created the way an operator would, over the gateway's own gRPC port."""
+    async with grpc.aio.insecure_channel(gateway.grpc.address) as channel:
+        stub = kgrpc.ApiKeyServiceStub(channel)
+        reply: kpb.CreateApiKeyResponse = await stub.CreateApiKey(
+            kpb.CreateApiKeyRequest(parent=f"tenants/{tenant}", principal=principal),
+            metadata=OPERATOR_MD,
+        )
+        return reply
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
