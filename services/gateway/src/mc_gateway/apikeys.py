@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from psycopg import AsyncConnection
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.db import Pool
 from mc_common.errors import FailedPrecondition, InvalidArgument, NotFound, PreconditionViolation
 from mc_common.tenancy import OPERATOR_KIND, Principal
@@ -149,7 +150,7 @@ class ApiKeyStore:
                 raise FailedPrecondition(
                     "only an active key that was not rotated yet can be rotated",
                     [PreconditionViolation("KEY_STATE", f"tenants/{tenant}/keys/{key_id}", "")],
-                    reason="KEY_NOT_ROTATABLE",
+                    reason=ErrorReason.ERROR_REASON_API_KEY_NOT_ROTATABLE,
                 )
             new = await self._insert(conn, tenant, old.principal, old.display_name)
             cur = await conn.execute(
@@ -199,7 +200,10 @@ class ApiKeyStore:
         )
         row = await cur.fetchone()
         if row is None:
-            raise NotFound(f"no key tenants/{tenant}/keys/{key_id}", reason="KEY_NOT_FOUND")
+            raise NotFound(
+                f"no key tenants/{tenant}/keys/{key_id}",
+                reason=ErrorReason.ERROR_REASON_API_KEY_NOT_FOUND,
+            )
         return _record(row)
 
     async def _notify(self, conn: AsyncConnection[tuple[object, ...]], key_id: str) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import Unauthenticated
 from mc_common.tenancy import OPERATOR_KIND, Principal
 from mc_gateway.apikeys import KeyHasher, looks_like_key, parse_key
@@ -44,7 +45,14 @@ class AuthError(Unauthenticated):
     """Missing or bad credentials; carries the `WWW-Authenticate` challenge to answer with."""
 
     def __init__(self, message: str, *, error: str | None = None) -> None:
-        super().__init__(message, reason="INVALID_CREDENTIALS" if error else "NO_CREDENTIALS")
+        super().__init__(
+            message,
+            reason=(
+                ErrorReason.ERROR_REASON_CREDENTIALS_INVALID
+                if error
+                else ErrorReason.ERROR_REASON_CREDENTIALS_MISSING
+            ),
+        )
         challenge = f'Bearer realm="{REALM}"'
         if error:
             description = message.replace("\\", "").replace('"', "'")[:200]

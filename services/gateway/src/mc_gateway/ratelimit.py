@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc.limiter.v1 import limiter_pb2
 from mc.limiter.v1 import limiter_service_pb2 as lsvc
 from mc.limiter.v1 import limiter_service_pb2_grpc as lgrpc
@@ -66,7 +67,7 @@ class DoorLimiter:
             if self._fail_open:
                 return Decision(True)
             raise Unavailable(
-                "rate limiting is unavailable", reason="LIMITER_UNAVAILABLE"
+                "rate limiting is unavailable", reason=ErrorReason.ERROR_REASON_UNAVAILABLE
             ) from None
         return _decision(reply)
 

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import Internal, InvalidArgument, MCError, NotFound, PermissionDenied
 from mc_common.tenancy import PRINCIPAL_HEADER, TENANT_HEADER
 from mc_gateway import errors, transcode
@@ -82,10 +83,15 @@ class Door:
         binding, path_vars = self.router.match(request.method, raw_path.decode("latin-1"))
         rpc = binding.rpc
         if rpc.access == ACCESS_INTERNAL:
-            raise NotFound(f"no API at {raw_path.decode('latin-1')}", reason="NO_ROUTE")
+            raise NotFound(
+                f"no API at {raw_path.decode('latin-1')}",
+                reason=ErrorReason.ERROR_REASON_ROUTE_NOT_FOUND,
+            )
         identity = await self.authenticator.authenticate(request.headers)
         if rpc.access == ACCESS_OPERATOR and not identity.is_operator:
-            raise PermissionDenied("this API is for operators", reason="OPERATOR_REQUIRED")
+            raise PermissionDenied(
+                "this API is for operators", reason=ErrorReason.ERROR_REASON_OPERATOR_REQUIRED
+            )
         if rpc.access != ACCESS_OPERATOR and identity.tenant is None:
             raise PermissionDenied("this API acts for a tenant; the caller has none")
         if self.limiter is not None:
@@ -169,7 +175,7 @@ def _scope_to_tenant(message: Message, identity: Identity) -> None:
     if not value:
         setattr(message, TENANT_FIELD, identity.tenant)
     elif value != identity.tenant:
-        raise NotFound("not found", reason="NOT_FOUND")
+        raise NotFound("not found")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import grpc
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import MCError, NotFound
 from mc_gateway.descriptors import Binding
 
@@ -15,7 +16,7 @@ class MethodNotAllowed(MCError):
     """The path exists, but not for this HTTP method (HTTP 405)."""
 
     grpc_code = grpc.StatusCode.UNIMPLEMENTED
-    default_reason = "METHOD_NOT_ALLOWED"
+    default_reason = ErrorReason.ERROR_REASON_METHOD_NOT_ALLOWED
 
 
 class Router:
@@ -36,7 +37,7 @@ class Router:
         for other, routes in self._by_method.items():
             if other != method and any(b.template.match(raw_path) is not None for b in routes):
                 raise MethodNotAllowed(f"{method} is not allowed on {raw_path}")
-        raise NotFound(f"no API at {raw_path}", reason="NO_ROUTE")
+        raise NotFound(f"no API at {raw_path}", reason=ErrorReason.ERROR_REASON_ROUTE_NOT_FOUND)
 
     def allowed_methods(self, raw_path: str) -> list[str]:
         return sorted(

@@ -80,7 +80,6 @@ def build_request(
         raise InvalidArgument(
             f"request does not match {rpc.input_descriptor.full_name}: {exc}",
             [FieldViolation("body", str(exc))],
-            reason="BAD_JSON",
         ) from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise InvalidArgument.field("body", f"unusable value: {exc}") from None

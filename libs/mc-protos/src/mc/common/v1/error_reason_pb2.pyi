@@ -108,6 +108,22 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_TOO_MANY_DESCRIPTORS is a ShouldRateLimit call with more descriptors than
     the limiter decides per call (see docs/services/limiter.md).
     """
+    ERROR_REASON_CREDENTIALS_MISSING: _ErrorReason.ValueType  # 300
+    """ERROR_REASON_CREDENTIALS_MISSING is a gateway call without an API key or bearer token."""
+    ERROR_REASON_CREDENTIALS_INVALID: _ErrorReason.ValueType  # 301
+    """ERROR_REASON_CREDENTIALS_INVALID is an unknown, revoked or expired API key, or a bearer
+    token that does not verify.
+    """
+    ERROR_REASON_ROUTE_NOT_FOUND: _ErrorReason.ValueType  # 302
+    """ERROR_REASON_ROUTE_NOT_FOUND is a REST path that no RPC is bound to."""
+    ERROR_REASON_METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 303
+    """ERROR_REASON_METHOD_NOT_ALLOWED is a REST path bound to RPCs, but not for this HTTP method."""
+    ERROR_REASON_API_KEY_NOT_FOUND: _ErrorReason.ValueType  # 304
+    """ERROR_REASON_API_KEY_NOT_FOUND is an API key name that does not exist in its tenant."""
+    ERROR_REASON_API_KEY_NOT_ROTATABLE: _ErrorReason.ValueType  # 305
+    """ERROR_REASON_API_KEY_NOT_ROTATABLE is a rotation of a key that is revoked, expired or
+    already rotated.
+    """
     ERROR_REASON_POLICY_PACKAGE_NOT_FOUND: _ErrorReason.ValueType  # 400
     """ERROR_REASON_POLICY_PACKAGE_NOT_FOUND is a decision package the active bundle lacks."""
     ERROR_REASON_POLICY_DENIED: _ErrorReason.ValueType  # 401
@@ -213,6 +229,22 @@ ERROR_REASON_LEASE_EXPIRED: ErrorReason.ValueType  # 204
 ERROR_REASON_TOO_MANY_DESCRIPTORS: ErrorReason.ValueType  # 220
 """ERROR_REASON_TOO_MANY_DESCRIPTORS is a ShouldRateLimit call with more descriptors than
 the limiter decides per call (see docs/services/limiter.md).
+"""
+ERROR_REASON_CREDENTIALS_MISSING: ErrorReason.ValueType  # 300
+"""ERROR_REASON_CREDENTIALS_MISSING is a gateway call without an API key or bearer token."""
+ERROR_REASON_CREDENTIALS_INVALID: ErrorReason.ValueType  # 301
+"""ERROR_REASON_CREDENTIALS_INVALID is an unknown, revoked or expired API key, or a bearer
+token that does not verify.
+"""
+ERROR_REASON_ROUTE_NOT_FOUND: ErrorReason.ValueType  # 302
+"""ERROR_REASON_ROUTE_NOT_FOUND is a REST path that no RPC is bound to."""
+ERROR_REASON_METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 303
+"""ERROR_REASON_METHOD_NOT_ALLOWED is a REST path bound to RPCs, but not for this HTTP method."""
+ERROR_REASON_API_KEY_NOT_FOUND: ErrorReason.ValueType  # 304
+"""ERROR_REASON_API_KEY_NOT_FOUND is an API key name that does not exist in its tenant."""
+ERROR_REASON_API_KEY_NOT_ROTATABLE: ErrorReason.ValueType  # 305
+"""ERROR_REASON_API_KEY_NOT_ROTATABLE is a rotation of a key that is revoked, expired or
+already rotated.
 """
 ERROR_REASON_POLICY_PACKAGE_NOT_FOUND: ErrorReason.ValueType  # 400
 """ERROR_REASON_POLICY_PACKAGE_NOT_FOUND is a decision package the active bundle lacks."""
