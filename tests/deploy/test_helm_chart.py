@@ -108,7 +108,11 @@ def test_component_container_matches_its_service(chart: helm.Chart, name: str) -
     assert main["command"] == expected.command
     assert main["image"] == f"maestro-conductor:{chart.metadata['appVersion']}"
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
-    assert ports == {"grpc": expected.grpc_port, "metrics": expected.metrics_port}
+    # Components may add ports of their own (the gateway's http); these two are declared.
+    assert {k: ports[k] for k in ("grpc", "metrics")} == {
+        "grpc": expected.grpc_port,
+        "metrics": expected.metrics_port,
+    }
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert main[probe]["grpc"] == {"port": expected.grpc_port}, probe
 
@@ -125,7 +129,10 @@ def test_component_container_matches_its_service(chart: helm.Chart, name: str) -
 
     service = of_kind(objects, "Service")[name]
     service_ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
-    assert service_ports == {"grpc": expected.grpc_port, "metrics": expected.metrics_port}
+    assert {k: service_ports[k] for k in ("grpc", "metrics")} == {
+        "grpc": expected.grpc_port,
+        "metrics": expected.metrics_port,
+    }
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -177,9 +184,10 @@ def test_disabling_a_component_removes_all_its_objects(chart: helm.Chart) -> Non
     objects = render(chart, {"components": disabled, "serviceMonitor": {"enabled": True}})
 
     components = {o["metadata"]["labels"].get("app.kubernetes.io/component") for o in objects}
-    assert components == {"pql", None}  # None: the shared ServiceAccount
+    enabled = set(SERVICES) - {"limiter"}
+    assert components == {*enabled, None}  # None: the shared ServiceAccount
     for kind in ("Deployment", "Service", "PodDisruptionBudget", "ServiceMonitor"):
-        assert set(of_kind(objects, kind)) == {"pql"}, kind
+        assert set(of_kind(objects, kind)) == enabled, kind
 
 
 def test_replicas_override_one_component_only(chart: helm.Chart) -> None:
@@ -208,7 +216,7 @@ def test_service_monitor_only_when_enabled(chart: helm.Chart) -> None:
 def test_component_false_overrides_a_default_true(chart: helm.Chart) -> None:
     values = {"components": {"limiter": {"podDisruptionBudget": {"enabled": False}}}}
 
-    assert set(of_kind(render(chart, values), "PodDisruptionBudget")) == {"pql", "edge-policy"}
+    assert set(of_kind(render(chart, values), "PodDisruptionBudget")) == set(SERVICES) - {"limiter"}
 
 
 @pytest.mark.parametrize("removed", [None, ""], ids=["null", "empty"])

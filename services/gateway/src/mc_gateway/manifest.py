@@ -1,0 +1,45 @@
+"""The gateway's declaration (entry point `mc.services: gateway`); see docs/adding-a-service.md."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from mc_common.manifest import DevContext, Infra, ServiceManifest
+from mc_gateway.settings import GatewaySettings
+
+HTTP_PORT = 8080
+
+
+def dev_env(context: DevContext) -> Mapping[str, str]:
+    """The dev database for API keys, REST on 8080, and the fleet's services as upstreams at
+    their declared ports (what `maestro dev up` uses when those ports are free)."""
+    from mc_common.manifest import load_services
+
+    ports = {m.name: m.grpc_port for m in load_services()}
+    upstreams = {}
+    if "pql" in ports:
+        upstreams["mc.pql.v1"] = f"127.0.0.1:{ports['pql']}"
+    if "limiter" in ports:
+        upstreams["mc.limiter.v1"] = f"127.0.0.1:{ports['limiter']}"
+    env = {
+        "POSTGRES_DSN": context.postgres_dsn,
+        "HTTP_PORT": str(HTTP_PORT),
+        "UPSTREAMS": json.dumps(upstreams),
+    }
+    if "limiter" in ports:
+        env["LIMITER_ADDRESS"] = f"127.0.0.1:{ports['limiter']}"
+    return env
+
+
+MANIFEST = ServiceManifest(
+    name="gateway",
+    module="mc_gateway.main",
+    command="mc-gateway",
+    settings=GatewaySettings,
+    grpc_port=7310,
+    metrics_port=9310,
+    api="REST/JSON front door (`/api/...`, `/openapi.json`); `mc.gateway.v1.ApiKeyService`",
+    needs=frozenset({Infra.POSTGRES}),
+    dev_env=dev_env,
+)
