@@ -24,12 +24,27 @@ def dev_env(context: DevContext) -> Mapping[str, str]:
         upstreams["mc.limiter.v1"] = f"127.0.0.1:{ports['limiter']}"
     env = {
         "POSTGRES_DSN": context.postgres_dsn,
-        "HTTP_PORT": str(HTTP_PORT),
+        "HTTP_PORT": str(_port_or_free(HTTP_PORT)),
         "UPSTREAMS": json.dumps(upstreams),
     }
     if "limiter" in ports:
         env["LIMITER_ADDRESS"] = f"127.0.0.1:{ports['limiter']}"
     return env
+
+
+def _port_or_free(preferred: int) -> int:
+    """`preferred` when nothing listens there, else any free port (several fleets may run on
+    one machine; the chosen port is in the gateway's log line `serving`)."""
+    import socket
+
+    from mc_common.testing import infra
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:
+            return infra.free_port()
+    return preferred
 
 
 MANIFEST = ServiceManifest(
