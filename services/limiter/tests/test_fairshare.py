@@ -15,14 +15,16 @@ import heapq
 import itertools
 import math
 import random
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
 from redis.asyncio import Redis
 
-from mc_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from mc_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mc_limiter.errors import LeaseExpiredError
 from mc_limiter.fairshare import (
     FairShareDispatcher,
@@ -467,6 +469,63 @@ async def test_expired_leases_are_reclaimed_and_redispatched(
     assert (await d.cancel("a", "2")).previous_state is TicketState.EXPIRED
     with pytest.raises(NotFound):
         await d.poll("a", "2")
+
+
+async def test_grants_nobody_collects_are_reclaimed(redis_client: Redis, prefix: str) -> None:
+    """A request granted from the queue whose requester went away used to hold its slot for a
+    whole lease; it now holds it only until the collection deadline."""
+    clock = VirtualClock()
+    d = FairShareDispatcher(
+        redis_client,
+        key_prefix=prefix,
+        capacity=1,
+        default_lease_ms=30_000,
+        collect_ms=1_000,
+        clock=clock,
+    )
+    await d.acquire("a", "1")
+    assert (await d.acquire("b", "gone")).state is TicketState.QUEUED
+    assert (await d.acquire("b", "here")).state is TicketState.QUEUED
+    released = await d.release("a", "1")
+    [grant] = released.dispatched
+    assert (grant.request_id, grant.lease_expires_at_ms) == ("gone", clock.now_ms + 1_000)
+    clock.now_ms += 1_001  # nobody collected it: reclaimed, the next one is granted
+    assert (await d.poll("b", "gone")).state is TicketState.EXPIRED
+    here = await d.poll("b", "here")  # collected at once: the whole lease from now
+    assert here.state is TicketState.GRANTED
+    assert here.lease_expires_at_ms == clock.now_ms + 30_000
+    clock.now_ms += 5_000
+    assert (await d.poll("b", "here")).lease_expires_at_ms == clock.now_ms + 25_000
+    stats = await d.stats()
+    assert (stats.running, stats.queued) == (1, 0)
+    assert stats.counters["expired"] == 1
+
+
+async def test_every_call_is_bounded_when_redis_hangs(redis_servers: Any) -> None:
+    """A hung Redis used to hang AcquireSlot (and every other call) until it recovered."""
+    server = redis_servers()
+    client = Redis.from_url(server.url)
+    d = FairShareDispatcher(client, key_prefix="fs", capacity=1, call_timeout_ms=200)
+    try:
+        await d.acquire("a", "1")
+        await d.acquire("a", "2")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            async with asyncio.timeout(30):  # a safety net for the test run, not a measurement
+                for call in (
+                    d.acquire("a", "3"),
+                    d.poll("a", "1"),
+                    d.release("a", "1"),
+                    d.stats(),
+                    d.wait("a", "2", timeout_s=0.5, recheck_s=0.2),
+                ):
+                    with pytest.raises(Unavailable):
+                        await call
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+    finally:
+        await client.aclose()
 
 
 async def test_acquire_is_idempotent_and_cancel_withdraws_queued_work(

@@ -273,6 +273,25 @@ async def test_throttle_levels_scale_and_are_audited(
         await app.close()
 
 
+async def test_release_slot_withdraws_a_queued_request(channel: grpc.aio.Channel) -> None:
+    """A queued request used to be impossible to withdraw (ReleaseSlot refused it and nothing
+    else existed), so it was later granted to nobody and held a slot for a whole lease."""
+    slots = fs_grpc.FairShareServiceStub(channel)
+    for rid in ("w1", "w2"):
+        await slots.AcquireSlot(fs.AcquireSlotRequest(request_id=rid), metadata=md("acme"))
+    queued = await slots.AcquireSlot(fs.AcquireSlotRequest(request_id="w3"), metadata=md("beta"))
+    assert queued.slot.state == fs.SLOT_STATE_QUEUED
+    withdrawn = await slots.ReleaseSlot(fs.ReleaseSlotRequest(request_id="w3"), metadata=md("beta"))
+    assert withdrawn.withdrawn and not withdrawn.released
+    released = await slots.ReleaseSlot(fs.ReleaseSlotRequest(request_id="w1"), metadata=md("acme"))
+    assert released.released and released.dispatched == 0
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await slots.GetSlot(fs.GetSlotRequest(request_id="w3"), metadata=md("beta"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    stats = await slots.GetFairShareStats(fs.GetFairShareStatsRequest(), metadata=OPERATOR)
+    assert (stats.running, stats.queued) == (1, 0)
+
+
 async def test_fair_share_slots(channel: grpc.aio.Channel) -> None:
     slots = fs_grpc.FairShareServiceStub(channel)
     first = await slots.AcquireSlot(fs.AcquireSlotRequest(request_id="r1"), metadata=md("acme"))

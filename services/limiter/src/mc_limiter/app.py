@@ -97,6 +97,8 @@ class LimiterApp:
             key_prefix=settings.fairshare_key_prefix,
             capacity=settings.fairshare_capacity,
             default_lease_ms=settings.fairshare_lease_ms,
+            collect_ms=settings.fairshare_collect_ms,
+            call_timeout_ms=settings.fairshare_timeout_ms,
         )
         app = cls(settings, limiter, fairshare, registry, publisher, [fairshare_client])
         try:

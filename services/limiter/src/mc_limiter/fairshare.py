@@ -14,16 +14,19 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
+from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 
-from mc_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from mc_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mc_limiter import fairshare_lua
 from mc_limiter.errors import LeaseExpiredError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "AcquireBatch",
@@ -241,6 +244,12 @@ class FairShareDispatcher:
     contain a hash tag (``{mc:fairshare}``) because the scripts touch keys derived from it.
     ``clock`` returns epoch milliseconds and exists for simulations; by default the Redis
     server's clock is used so that replicas agree on lease expiry without trusting their own.
+
+    ``collect_ms``: a request granted from the queue (by another call) holds its slot that long
+    until its requester collects the grant (acquire, poll, wait or renew), then its full lease;
+    a grant nobody collects is reclaimed (0: the whole lease). ``call_timeout_ms`` bounds every
+    Redis call (a blocking wait by its own wait plus this): past it the call raises
+    ``Unavailable`` instead of hanging with a hung Redis.
     """
 
     def __init__(
@@ -252,6 +261,8 @@ class FairShareDispatcher:
         default_weight: float = 1.0,
         default_lease_ms: int = 30_000,
         tombstone_ms: int = 300_000,
+        collect_ms: int = 0,
+        call_timeout_ms: int = 1_000,
         clock: Callable[[], int] | None = None,
     ) -> None:
         if not key_prefix:
@@ -261,6 +272,12 @@ class FairShareDispatcher:
         _check_lease(default_lease_ms)
         if isinstance(tombstone_ms, bool) or not isinstance(tombstone_ms, int) or tombstone_ms < 1:
             raise InvalidArgument.field("tombstone_ms", "must be a positive integer")
+        if not 0 <= collect_ms <= MAX_LEASE_MS:
+            raise InvalidArgument.field("collect_ms", f"must be in [0, {MAX_LEASE_MS}]")
+        if not call_timeout_ms > 0:
+            raise InvalidArgument.field("call_timeout_ms", "must be positive")
+        self._collect_ms = collect_ms
+        self._timeout_s = call_timeout_ms / 1000
         self._redis = redis
         self._prefix = key_prefix
         self._capacity = capacity
@@ -285,7 +302,19 @@ class FairShareDispatcher:
         now = "" if self._clock is None else str(int(self._clock()))
         common = (self._prefix, self._capacity, repr(self._default_weight), self._tombstone_ms)
         # KEYS[1] only routes the call to the prefix's slot on Redis Cluster.
-        return await script(keys=[f"{self._prefix}:total"], args=[*common, now, *args])
+        return await self._bounded(
+            script(keys=[f"{self._prefix}:total"], args=[*common, now, *args]), self._timeout_s
+        )
+
+    async def _bounded(self, call: Awaitable[_T], timeout_s: float) -> _T:
+        """``call`` within ``timeout_s``, else ``Unavailable`` (also for a lost connection)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await call
+        except (TimeoutError, RedisError, OSError) as exc:
+            if isinstance(exc, ResponseError) and not isinstance(exc, BusyLoadingError):
+                raise  # a script bug, not an outage
+            raise Unavailable(f"fair-share store unavailable: {exc!r}") from exc
 
     def _lease(self, lease_ms: int | None) -> int:
         if lease_ms is None:
@@ -304,7 +333,9 @@ class FairShareDispatcher:
         """Acquire for many ``(tenant, request_id)`` pairs atomically, in order."""
         lease = self._lease(lease_ms)
         flat = self._flatten(requests)
-        out, dispatched = await self._run(self._acquire, lease, len(requests), *flat)
+        out, dispatched = await self._run(
+            self._acquire, lease, self._collect_ms, len(requests), *flat
+        )
         tickets = tuple(
             _ticket(tenant, rid, _text(out[2 * i]), out[2 * i + 1])
             for i, (tenant, rid) in enumerate(requests)
@@ -383,7 +414,10 @@ class FairShareDispatcher:
             remaining = deadline - loop.time()
             if ticket.state is not TicketState.QUEUED or remaining <= 0:
                 return ticket
-            await self._redis.blpop([note_key], timeout=min(remaining, recheck_s))
+            block_s = min(remaining, recheck_s)
+            await self._bounded(
+                self._redis.blpop([note_key], timeout=block_s), block_s + self._timeout_s
+            )
 
     async def set_weight(self, tenant: str, weight: float) -> None:
         """Set a tenant's weight; the next dispatch decision already uses it for queued work."""

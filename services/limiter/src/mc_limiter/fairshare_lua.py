@@ -10,14 +10,19 @@ dispatch loop) and ends with its own body. Key layout, all under the injected pr
 ``P:leases``   zset   "tenant<US>request" -> lease expiry (ms); the reclaim index
 ``P:ready``    zset   backlogged tenant -> (running + 1) / weight; the dispatch order
 ``P:q:<t>``    zset   tenant t's queued request ids -> global enqueue sequence (FIFO)
-``P:r:<t><US><id>`` hash  one request: st (Q|G|X), et (enqueued ms), gt, exp, lease, w (waiter)
+``P:r:<t><US><id>`` hash  one request: st (Q|G|X), et (enqueued ms), gt, exp, lease, w (waiter),
+                   cm (collect ms), c ("0" while a grant from the queue is not collected)
 ``P:n:<t><US><id>`` list  grant notification for a blocked waiter (BLPOP)
 ``P:seq``, ``P:granted`` (tenant -> grants), ``P:counters`` (named totals)
 
 ``<US>`` is the ASCII unit separator (31); the Python side rejects control characters in
 tenants and request ids, so the first separator splits a lease member unambiguously.
-Keys are derived from the prefix inside the scripts, so on Redis Cluster the prefix must carry a
-hash tag (for example ``{mc:fairshare}``) to keep every key in one slot.
+A grant made from the queue (the requester is not in the call that granted it) holds its slot
+for at most ``cm`` ms until the requester collects it (any ACQUIRE, POLL or RENEW of it, which
+the blocking wait does at once); then it gets its full lease. A grant nobody collects is
+reclaimed like a lapsed lease, so a requester that went away never holds a slot for a whole
+lease. Keys are derived from the prefix inside the scripts, so on Redis Cluster the prefix must
+carry a hash tag (for example ``{mc:fairshare}``) to keep every key in one slot.
 """
 
 from __future__ import annotations
@@ -79,9 +84,12 @@ local function set_running(t, r)
   redis.call('ZADD', K_READY, 'XX', (r + 1) / weight(t), t)
 end
 
-local function grant(t, rid, lease)
-  local exp = now + lease
+-- hold: how long the slot is held before the first renewal (the lease, or the collection
+-- deadline of a grant from the queue, marked uncollected with c = "0").
+local function grant(t, rid, lease, hold)
+  local exp = now + hold
   redis.call('HSET', rkey(t, rid), 'st', 'G', 'gt', now, 'exp', exp, 'lease', lease)
+  if hold < lease then redis.call('HSET', rkey(t, rid), 'c', '0') end
   redis.call('ZADD', K_LEASES, exp, t .. SEP .. rid)
   redis.call('INCR', K_TOTAL)
   set_running(t, running(t) + 1)
@@ -128,12 +136,16 @@ local function dispatch_one()
   local qk = qkey(t)
   local rid = redis.call('ZPOPMIN', qk)[1]
   if redis.call('EXISTS', qk) == 0 then redis.call('ZREM', K_READY, t) end
-  local f = redis.call('HMGET', rkey(t, rid), 'lease', 'et', 'w')
+  local f = redis.call('HMGET', rkey(t, rid), 'lease', 'et', 'w', 'cm')
   if not f[1] or not f[2] then
     count('orphans_skipped')
     return true
   end
-  local exp = grant(t, rid, tonumber(f[1]))
+  local lease = tonumber(f[1])
+  local hold = lease
+  local cm = tonumber(f[4])
+  if cm and cm > 0 and cm < lease then hold = cm end
+  local exp = grant(t, rid, lease, hold)
   count('granted_from_queue')
   if f[3] == '1' then
     local nk = pfx .. ':n:' .. t .. SEP .. rid
@@ -170,26 +182,41 @@ local function reclaim()
   end
 end
 
+-- The requester learned of its grant: the slot is held for its full lease from now on.
+local function collect(t, rid)
+  local rk = rkey(t, rid)
+  if redis.call('HGET', rk, 'c') ~= '0' then
+    return tonumber(redis.call('HGET', rk, 'exp'))
+  end
+  local exp = now + tonumber(redis.call('HGET', rk, 'lease'))
+  redis.call('HSET', rk, 'exp', exp, 'c', '1')
+  redis.call('ZADD', K_LEASES, 'XX', exp, t .. SEP .. rid)
+  count('collected')
+  return exp
+end
+
 reclaim()
 fill()
 """
 
-# ARGV[6] lease ms, ARGV[7] n, then n pairs (tenant, request id).
+# ARGV[6] lease ms, ARGV[7] collect ms (how long a grant from the queue waits for its requester;
+# 0: its whole lease), ARGV[8] n, then n pairs (tenant, request id).
 # Reply: {{state, value, ...}, dispatched} where value is the lease expiry for 'G' and the
 # 0-based position in the tenant's own queue for 'Q'.
 ACQUIRE = (
     _PRELUDE
     + r"""
 local lease = tonumber(ARGV[6])
-local n = tonumber(ARGV[7])
+local collect_ms = ARGV[7]
+local n = tonumber(ARGV[8])
 local out = {}
 for i = 0, n - 1 do
-  local t, rid = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
+  local t, rid = ARGV[9 + 2 * i], ARGV[10 + 2 * i]
   local rk = rkey(t, rid)
   local st = redis.call('HGET', rk, 'st')
   if st == 'G' then
     out[#out + 1] = 'G'
-    out[#out + 1] = tonumber(redis.call('HGET', rk, 'exp'))
+    out[#out + 1] = collect(t, rid)
   elseif st == 'Q' then
     out[#out + 1] = 'Q'
     out[#out + 1] = redis.call('ZRANK', qkey(t), rid)
@@ -198,11 +225,11 @@ for i = 0, n - 1 do
     if total() < cap then
       redis.call('HSET', rk, 'et', now)
       out[#out + 1] = 'G'
-      out[#out + 1] = grant(t, rid, lease)
+      out[#out + 1] = grant(t, rid, lease, lease)
       count('granted_immediately')
     else
       local seq = redis.call('INCR', K_SEQ)
-      redis.call('HSET', rk, 'st', 'Q', 'et', now, 'lease', lease)
+      redis.call('HSET', rk, 'st', 'Q', 'et', now, 'lease', lease, 'cm', collect_ms)
       redis.call('ZADD', qkey(t), seq, rid)
       redis.call('ZADD', K_READY, 'NX', (running(t) + 1) / weight(t), t)
       out[#out + 1] = 'Q'
@@ -276,7 +303,7 @@ local rk = rkey(t, rid)
 local st = redis.call('HGET', rk, 'st')
 if st == 'G' then
   local exp = now + lease
-  redis.call('HSET', rk, 'exp', exp, 'lease', lease)
+  redis.call('HSET', rk, 'exp', exp, 'lease', lease, 'c', '1')
   redis.call('ZADD', K_LEASES, 'XX', exp, t .. SEP .. rid)
   return finish({'G', exp, dispatched})
 end
@@ -294,7 +321,7 @@ local t, rid = ARGV[7], ARGV[8]
 local rk = rkey(t, rid)
 local st = redis.call('HGET', rk, 'st')
 if st == 'G' then
-  return finish({'G', tonumber(redis.call('HGET', rk, 'exp')), dispatched})
+  return finish({'G', collect(t, rid), dispatched})
 elseif st == 'Q' then
   if watch then redis.call('HSET', rk, 'w', '1') end
   return finish({'Q', redis.call('ZRANK', qkey(t), rid), dispatched})

@@ -183,8 +183,12 @@ class FairShareServicer(fs_grpc.FairShareServiceServicer):
     async def ReleaseSlot(
         self, request: fs.ReleaseSlotRequest, context: Ctx
     ) -> fs.ReleaseSlotResponse:
-        result = await self._fs.release(require_tenant(), request.request_id)
-        return fs.ReleaseSlotResponse(released=result.released, dispatched=len(result.dispatched))
+        result = await self._fs.cancel(require_tenant(), request.request_id)
+        return fs.ReleaseSlotResponse(
+            released=result.previous_state is TicketState.GRANTED,
+            withdrawn=result.previous_state is TicketState.QUEUED,
+            dispatched=len(result.dispatched),
+        )
 
     async def RenewSlot(self, request: fs.RenewSlotRequest, context: Ctx) -> fs.RenewSlotResponse:
         ticket = await self._fs.renew(

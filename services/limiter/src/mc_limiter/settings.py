@@ -56,6 +56,15 @@ class LimiterSettings(ServiceSettings):
     fairshare_capacity: int = Field(5000, ge=1, description="Global concurrency cap.")
     fairshare_key_prefix: str = Field("mc:fs", description="Fair-share keys in Redis.")
     fairshare_lease_ms: int = Field(30_000, ge=100, description="Default slot lease.")
+    fairshare_collect_ms: int = Field(
+        15_000,
+        ge=0,
+        description="How long a slot granted from the queue waits for its requester to collect "
+        "it (AcquireSlot, GetSlot, RenewSlot) before it is reclaimed; 0: the whole lease.",
+    )
+    fairshare_timeout_ms: int = Field(
+        1_000, ge=1, description="Bound on every fair-share Redis call (then UNAVAILABLE)."
+    )
     envoy_tenant_entry: str = Field(
         "tenant", description="Envoy descriptor entry whose value is the MC tenant."
     )

@@ -30,7 +30,7 @@ from mc.common.v1 import options_pb2 as mc_dot_common_dot_v1_dot_options__pb2
 from validate import validate_pb2 as validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mc/limiter/v1/fairshare_service.proto\x12\rmc.limiter.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amc/common/v1/options.proto\x1a\x17validate/validate.proto\"\xa1\x01\n\x04Slot\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.mc.limiter.v1.SlotState\x12\x34\n\x10lease_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0equeue_position\x18\x05 \x01(\r\"\x8d\x01\n\x12\x41\x63quireSlotRequest\x12=\n\nrequest_id\x18\x01 \x01(\tB)\xfa\x42&r$\x10\x01\x18\x80\x01\x32\x1d^[A-Za-z0-9][A-Za-z0-9._:-]*$\x12\x1c\n\x08lease_ms\x18\x02 \x01(\rB\n\xfa\x42\x07*\x05\x18\x80\xb8\x99)\x12\x1a\n\x07wait_ms\x18\x03 \x01(\rB\t\xfa\x42\x06*\x04\x18\xe0\xd4\x03\"8\n\x13\x41\x63quireSlotResponse\x12!\n\x04slot\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.Slot\"4\n\x12ReleaseSlotRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x01\";\n\x13ReleaseSlotResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x12\n\ndispatched\x18\x02 \x01(\r\"P\n\x10RenewSlotRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x01\x12\x1c\n\x08lease_ms\x18\x02 \x01(\rB\n\xfa\x42\x07*\x05\x18\x80\xb8\x99)\"6\n\x11RenewSlotResponse\x12!\n\x04slot\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.Slot\"0\n\x0eGetSlotRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x01\"4\n\x0fGetSlotResponse\x12!\n\x04slot\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.Slot\"\\\n\x16SetTenantWeightRequest\x12\x19\n\x06tenant\x18\x01 \x01(\tB\t\xfa\x42\x06r\x04\x10\x01\x18@\x12\'\n\x06weight\x18\x02 \x01(\x01\x42\x17\xfa\x42\x14\x12\x12\x19\x00\x00\x00\x00\x80\x84.A!\x00\x00\x00\x00\x00\x00\x00\x00\")\n\x17SetTenantWeightResponse\x12\x0e\n\x06weight\x18\x01 \x01(\x01\"\x1a\n\x18GetFairShareStatsRequest\"N\n\x0bTenantSlots\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0e\n\x06queued\x18\x04 \x01(\r\"{\n\x19GetFairShareStatsResponse\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\r\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x0e\n\x06queued\x18\x03 \x01(\r\x12+\n\x07tenants\x18\x04 \x03(\x0b\x32\x1a.mc.limiter.v1.TenantSlots*n\n\tSlotState\x12\x1a\n\x16SLOT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SLOT_STATE_GRANTED\x10\x01\x12\x15\n\x11SLOT_STATE_QUEUED\x10\x02\x12\x16\n\x12SLOT_STATE_EXPIRED\x10\x03\x32\xe1\x06\n\x10\x46\x61irShareService\x12|\n\x0b\x41\x63quireSlot\x12!.mc.limiter.v1.AcquireSlotRequest\x1a\".mc.limiter.v1.AcquireSlotResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/limits/fairshare/slots:\x01*\x12\x8e\x01\n\x0bReleaseSlot\x12!.mc.limiter.v1.ReleaseSlotRequest\x1a\".mc.limiter.v1.ReleaseSlotResponse\"8\x82\xd3\xe4\x93\x02\x32\"0/api/limits/fairshare/slots/{request_id}:release\x12\x89\x01\n\tRenewSlot\x12\x1f.mc.limiter.v1.RenewSlotRequest\x1a .mc.limiter.v1.RenewSlotResponse\"9\x82\xd3\xe4\x93\x02\x33\"./api/limits/fairshare/slots/{request_id}:renew:\x01*\x12z\n\x07GetSlot\x12\x1d.mc.limiter.v1.GetSlotRequest\x1a\x1e.mc.limiter.v1.GetSlotResponse\"0\x82\xd3\xe4\x93\x02*\x12(/api/limits/fairshare/slots/{request_id}\x12\x9d\x01\n\x0fSetTenantWeight\x12%.mc.limiter.v1.SetTenantWeightRequest\x1a&.mc.limiter.v1.SetTenantWeightResponse\";\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x31\x1a,/api/admin/limits/fairshare/weights/{tenant}:\x01*\x12\x95\x01\n\x11GetFairShareStats\x12\'.mc.limiter.v1.GetFairShareStatsRequest\x1a(.mc.limiter.v1.GetFairShareStatsResponse\"-\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02#\x12!/api/admin/limits/fairshare/statsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mc/limiter/v1/fairshare_service.proto\x12\rmc.limiter.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amc/common/v1/options.proto\x1a\x17validate/validate.proto\"\xa1\x01\n\x04Slot\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.mc.limiter.v1.SlotState\x12\x34\n\x10lease_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0equeue_position\x18\x05 \x01(\r\"\x8d\x01\n\x12\x41\x63quireSlotRequest\x12=\n\nrequest_id\x18\x01 \x01(\tB)\xfa\x42&r$\x10\x01\x18\x80\x01\x32\x1d^[A-Za-z0-9][A-Za-z0-9._:-]*$\x12\x1c\n\x08lease_ms\x18\x02 \x01(\rB\n\xfa\x42\x07*\x05\x18\x80\xb8\x99)\x12\x1a\n\x07wait_ms\x18\x03 \x01(\rB\t\xfa\x42\x06*\x04\x18\xe0\xd4\x03\"8\n\x13\x41\x63quireSlotResponse\x12!\n\x04slot\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.Slot\"4\n\x12ReleaseSlotRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x01\"N\n\x13ReleaseSlotResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x12\n\ndispatched\x18\x02 \x01(\r\x12\x11\n\twithdrawn\x18\x03 \x01(\x08\"P\n\x10RenewSlotRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x01\x12\x1c\n\x08lease_ms\x18\x02 \x01(\rB\n\xfa\x42\x07*\x05\x18\x80\xb8\x99)\"6\n\x11RenewSlotResponse\x12!\n\x04slot\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.Slot\"0\n\x0eGetSlotRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x01\"4\n\x0fGetSlotResponse\x12!\n\x04slot\x18\x01 \x01(\x0b\x32\x13.mc.limiter.v1.Slot\"\\\n\x16SetTenantWeightRequest\x12\x19\n\x06tenant\x18\x01 \x01(\tB\t\xfa\x42\x06r\x04\x10\x01\x18@\x12\'\n\x06weight\x18\x02 \x01(\x01\x42\x17\xfa\x42\x14\x12\x12\x19\x00\x00\x00\x00\x80\x84.A!\x00\x00\x00\x00\x00\x00\x00\x00\")\n\x17SetTenantWeightResponse\x12\x0e\n\x06weight\x18\x01 \x01(\x01\"\x1a\n\x18GetFairShareStatsRequest\"N\n\x0bTenantSlots\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0f\n\x07running\x18\x03 \x01(\r\x12\x0e\n\x06queued\x18\x04 \x01(\r\"{\n\x19GetFairShareStatsResponse\x12\x10\n\x08\x63\x61pacity\x18\x01 \x01(\r\x12\x0f\n\x07running\x18\x02 \x01(\r\x12\x0e\n\x06queued\x18\x03 \x01(\r\x12+\n\x07tenants\x18\x04 \x03(\x0b\x32\x1a.mc.limiter.v1.TenantSlots*n\n\tSlotState\x12\x1a\n\x16SLOT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SLOT_STATE_GRANTED\x10\x01\x12\x15\n\x11SLOT_STATE_QUEUED\x10\x02\x12\x16\n\x12SLOT_STATE_EXPIRED\x10\x03\x32\xe1\x06\n\x10\x46\x61irShareService\x12|\n\x0b\x41\x63quireSlot\x12!.mc.limiter.v1.AcquireSlotRequest\x1a\".mc.limiter.v1.AcquireSlotResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/api/limits/fairshare/slots:\x01*\x12\x8e\x01\n\x0bReleaseSlot\x12!.mc.limiter.v1.ReleaseSlotRequest\x1a\".mc.limiter.v1.ReleaseSlotResponse\"8\x82\xd3\xe4\x93\x02\x32\"0/api/limits/fairshare/slots/{request_id}:release\x12\x89\x01\n\tRenewSlot\x12\x1f.mc.limiter.v1.RenewSlotRequest\x1a .mc.limiter.v1.RenewSlotResponse\"9\x82\xd3\xe4\x93\x02\x33\"./api/limits/fairshare/slots/{request_id}:renew:\x01*\x12z\n\x07GetSlot\x12\x1d.mc.limiter.v1.GetSlotRequest\x1a\x1e.mc.limiter.v1.GetSlotResponse\"0\x82\xd3\xe4\x93\x02*\x12(/api/limits/fairshare/slots/{request_id}\x12\x9d\x01\n\x0fSetTenantWeight\x12%.mc.limiter.v1.SetTenantWeightRequest\x1a&.mc.limiter.v1.SetTenantWeightResponse\";\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02\x31\x1a,/api/admin/limits/fairshare/weights/{tenant}:\x01*\x12\x95\x01\n\x11GetFairShareStats\x12\'.mc.limiter.v1.GetFairShareStatsRequest\x1a(.mc.limiter.v1.GetFairShareStatsResponse\"-\xc8\xf3\x18\x02\x82\xd3\xe4\x93\x02#\x12!/api/admin/limits/fairshare/statsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -67,8 +67,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FAIRSHARESERVICE'].methods_by_name['SetTenantWeight']._serialized_options = b'\310\363\030\002\202\323\344\223\0021\032,/api/admin/limits/fairshare/weights/{tenant}:\001*'
   _globals['_FAIRSHARESERVICE'].methods_by_name['GetFairShareStats']._loaded_options = None
   _globals['_FAIRSHARESERVICE'].methods_by_name['GetFairShareStats']._serialized_options = b'\310\363\030\002\202\323\344\223\002#\022!/api/admin/limits/fairshare/stats'
-  _globals['_SLOTSTATE']._serialized_start=1265
-  _globals['_SLOTSTATE']._serialized_end=1375
+  _globals['_SLOTSTATE']._serialized_start=1284
+  _globals['_SLOTSTATE']._serialized_end=1394
   _globals['_SLOT']._serialized_start=173
   _globals['_SLOT']._serialized_end=334
   _globals['_ACQUIRESLOTREQUEST']._serialized_start=337
@@ -78,25 +78,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASESLOTREQUEST']._serialized_start=538
   _globals['_RELEASESLOTREQUEST']._serialized_end=590
   _globals['_RELEASESLOTRESPONSE']._serialized_start=592
-  _globals['_RELEASESLOTRESPONSE']._serialized_end=651
-  _globals['_RENEWSLOTREQUEST']._serialized_start=653
-  _globals['_RENEWSLOTREQUEST']._serialized_end=733
-  _globals['_RENEWSLOTRESPONSE']._serialized_start=735
-  _globals['_RENEWSLOTRESPONSE']._serialized_end=789
-  _globals['_GETSLOTREQUEST']._serialized_start=791
-  _globals['_GETSLOTREQUEST']._serialized_end=839
-  _globals['_GETSLOTRESPONSE']._serialized_start=841
-  _globals['_GETSLOTRESPONSE']._serialized_end=893
-  _globals['_SETTENANTWEIGHTREQUEST']._serialized_start=895
-  _globals['_SETTENANTWEIGHTREQUEST']._serialized_end=987
-  _globals['_SETTENANTWEIGHTRESPONSE']._serialized_start=989
-  _globals['_SETTENANTWEIGHTRESPONSE']._serialized_end=1030
-  _globals['_GETFAIRSHARESTATSREQUEST']._serialized_start=1032
-  _globals['_GETFAIRSHARESTATSREQUEST']._serialized_end=1058
-  _globals['_TENANTSLOTS']._serialized_start=1060
-  _globals['_TENANTSLOTS']._serialized_end=1138
-  _globals['_GETFAIRSHARESTATSRESPONSE']._serialized_start=1140
-  _globals['_GETFAIRSHARESTATSRESPONSE']._serialized_end=1263
-  _globals['_FAIRSHARESERVICE']._serialized_start=1378
-  _globals['_FAIRSHARESERVICE']._serialized_end=2243
+  _globals['_RELEASESLOTRESPONSE']._serialized_end=670
+  _globals['_RENEWSLOTREQUEST']._serialized_start=672
+  _globals['_RENEWSLOTREQUEST']._serialized_end=752
+  _globals['_RENEWSLOTRESPONSE']._serialized_start=754
+  _globals['_RENEWSLOTRESPONSE']._serialized_end=808
+  _globals['_GETSLOTREQUEST']._serialized_start=810
+  _globals['_GETSLOTREQUEST']._serialized_end=858
+  _globals['_GETSLOTRESPONSE']._serialized_start=860
+  _globals['_GETSLOTRESPONSE']._serialized_end=912
+  _globals['_SETTENANTWEIGHTREQUEST']._serialized_start=914
+  _globals['_SETTENANTWEIGHTREQUEST']._serialized_end=1006
+  _globals['_SETTENANTWEIGHTRESPONSE']._serialized_start=1008
+  _globals['_SETTENANTWEIGHTRESPONSE']._serialized_end=1049
+  _globals['_GETFAIRSHARESTATSREQUEST']._serialized_start=1051
+  _globals['_GETFAIRSHARESTATSREQUEST']._serialized_end=1077
+  _globals['_TENANTSLOTS']._serialized_start=1079
+  _globals['_TENANTSLOTS']._serialized_end=1157
+  _globals['_GETFAIRSHARESTATSRESPONSE']._serialized_start=1159
+  _globals['_GETFAIRSHARESTATSRESPONSE']._serialized_end=1282
+  _globals['_FAIRSHARESERVICE']._serialized_start=1397
+  _globals['_FAIRSHARESERVICE']._serialized_end=2262
 # @@protoc_insertion_point(module_scope)

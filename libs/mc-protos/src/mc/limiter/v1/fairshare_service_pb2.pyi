@@ -33,7 +33,9 @@ class _SlotStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SlotState.V
     SLOT_STATE_QUEUED: _SlotState.ValueType  # 2
     """SLOT_STATE_QUEUED means the request waits in its tenant's queue."""
     SLOT_STATE_EXPIRED: _SlotState.ValueType  # 3
-    """SLOT_STATE_EXPIRED means the lease lapsed and the slot was reclaimed."""
+    """SLOT_STATE_EXPIRED means the lease lapsed and the slot was reclaimed (also a grant from the
+    queue that its requester did not collect in time).
+    """
 
 class SlotState(_SlotState, metaclass=_SlotStateEnumTypeWrapper):
     """SlotState is where a request stands."""
@@ -45,7 +47,9 @@ SLOT_STATE_GRANTED: SlotState.ValueType  # 1
 SLOT_STATE_QUEUED: SlotState.ValueType  # 2
 """SLOT_STATE_QUEUED means the request waits in its tenant's queue."""
 SLOT_STATE_EXPIRED: SlotState.ValueType  # 3
-"""SLOT_STATE_EXPIRED means the lease lapsed and the slot was reclaimed."""
+"""SLOT_STATE_EXPIRED means the lease lapsed and the slot was reclaimed (also a grant from the
+queue that its requester did not collect in time).
+"""
 Global___SlotState: _TypeAlias = SlotState  # noqa: Y015
 
 @_typing.final
@@ -172,19 +176,25 @@ class ReleaseSlotResponse(_message.Message):
 
     RELEASED_FIELD_NUMBER: _builtins.int
     DISPATCHED_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_FIELD_NUMBER: _builtins.int
     released: _builtins.bool
-    """released is false when the lease had already lapsed or the request was still queued."""
+    """released is true when a held slot was freed (false when the lease had already lapsed or
+    the request was still queued).
+    """
     dispatched: _builtins.int
     """dispatched counts the queued requests that got a slot because of this release."""
+    withdrawn: _builtins.bool
+    """withdrawn is true when the request was still queued and has been withdrawn."""
     def __init__(
         self,
         *,
         released: _builtins.bool = ...,
         dispatched: _builtins.int = ...,
+        withdrawn: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatched", b"dispatched", "released", b"released"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatched", b"dispatched", "released", b"released", "withdrawn", b"withdrawn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

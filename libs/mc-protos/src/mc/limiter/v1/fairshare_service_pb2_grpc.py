@@ -86,7 +86,8 @@ class FairShareServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseSlot(self, request, context):
-        """ReleaseSlot frees a held slot (the next queued request gets it) or withdraws a queued one.
+        """ReleaseSlot frees a held slot (the next queued request gets it) or withdraws a queued one
+        (it will never be granted); releasing a lapsed grant forgets it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

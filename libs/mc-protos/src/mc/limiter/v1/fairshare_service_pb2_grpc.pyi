@@ -41,7 +41,9 @@ class FairShareServiceStub:
     free, else queued. With `wait_ms`, the call waits up to that long for the grant.
     """
     ReleaseSlot: _grpc.UnaryUnaryMultiCallable[_fairshare_service_pb2.ReleaseSlotRequest, _fairshare_service_pb2.ReleaseSlotResponse]
-    """ReleaseSlot frees a held slot (the next queued request gets it) or withdraws a queued one."""
+    """ReleaseSlot frees a held slot (the next queued request gets it) or withdraws a queued one
+    (it will never be granted); releasing a lapsed grant forgets it.
+    """
     RenewSlot: _grpc.UnaryUnaryMultiCallable[_fairshare_service_pb2.RenewSlotRequest, _fairshare_service_pb2.RenewSlotResponse]
     """RenewSlot extends a held slot's lease; a slot whose lease lapses is reclaimed."""
     GetSlot: _grpc.UnaryUnaryMultiCallable[_fairshare_service_pb2.GetSlotRequest, _fairshare_service_pb2.GetSlotResponse]
@@ -68,7 +70,9 @@ class FairShareServiceAsyncStub(FairShareServiceStub):
     free, else queued. With `wait_ms`, the call waits up to that long for the grant.
     """
     ReleaseSlot: _aio.UnaryUnaryMultiCallable[_fairshare_service_pb2.ReleaseSlotRequest, _fairshare_service_pb2.ReleaseSlotResponse]  # type: ignore[assignment]
-    """ReleaseSlot frees a held slot (the next queued request gets it) or withdraws a queued one."""
+    """ReleaseSlot frees a held slot (the next queued request gets it) or withdraws a queued one
+    (it will never be granted); releasing a lapsed grant forgets it.
+    """
     RenewSlot: _aio.UnaryUnaryMultiCallable[_fairshare_service_pb2.RenewSlotRequest, _fairshare_service_pb2.RenewSlotResponse]  # type: ignore[assignment]
     """RenewSlot extends a held slot's lease; a slot whose lease lapses is reclaimed."""
     GetSlot: _aio.UnaryUnaryMultiCallable[_fairshare_service_pb2.GetSlotRequest, _fairshare_service_pb2.GetSlotResponse]  # type: ignore[assignment]
@@ -104,7 +108,9 @@ class FairShareServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fairshare_service_pb2.ReleaseSlotRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fairshare_service_pb2.ReleaseSlotResponse, _abc.Awaitable[_fairshare_service_pb2.ReleaseSlotResponse]]:
-        """ReleaseSlot frees a held slot (the next queued request gets it) or withdraws a queued one."""
+        """ReleaseSlot frees a held slot (the next queued request gets it) or withdraws a queued one
+        (it will never be granted); releasing a lapsed grant forgets it.
+        """
 
     @_abc_1.abstractmethod
     def RenewSlot(
