@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from edge_support import BUILD_TIME, Built, build_seed
@@ -28,6 +28,17 @@ def seed_v1(signing_key: SigningKey, keyring: KeyRing) -> Built:
 @pytest.fixture(scope="session")
 def seed_v2(signing_key: SigningKey, keyring: KeyRing) -> Built:
     return build_seed(signing_key, keyring, version=2)
+
+
+@pytest.fixture(scope="session")
+def live_bundle(signing_key: SigningKey, keyring: KeyRing) -> Built:
+    """A bundle valid now (for components on the real clock: the service, TUF)."""
+    return build_seed(signing_key, keyring, version=10, when=datetime.now(UTC))
+
+
+@pytest.fixture(scope="session")
+def live_bundle_v11(signing_key: SigningKey, keyring: KeyRing) -> Built:
+    return build_seed(signing_key, keyring, version=11, when=datetime.now(UTC))
 
 
 @pytest.fixture

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
-from edge_support import build_seed
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +22,7 @@ from mc_edge_policy.app import EdgePolicyApp
 from mc_edge_policy.builder import BuiltBundle
 from mc_edge_policy.keys import keyring_json
 from mc_edge_policy.settings import EdgePolicySettings
-from mc_edge_policy.signatures import KeyRing, SigningKey
+from mc_edge_policy.signatures import SigningKey
 from mc_pql.app import PqlApp
 from mc_pql.settings import PqlSettings
 
@@ -39,12 +37,6 @@ def struct(value: dict[str, object]) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(value)
     return out
-
-
-@pytest.fixture(scope="session")
-def live_bundle(signing_key: SigningKey, keyring: KeyRing) -> BuiltBundle:
-    """A bundle valid now (the service runs on the real clock)."""
-    return build_seed(signing_key, keyring, version=10, when=datetime.now(UTC))
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -11,6 +13,7 @@ from mc.policy.v1 import policy_service_pb2_grpc as svc_grpc
 from mc_common.events.publisher import EventPublisher
 from mc_common.server import ServiceSpec
 from mc_edge_policy.decision_log import DecisionSink, DiscardDecisions, KafkaDecisionLog
+from mc_edge_policy.distribution import BundleDistributor, MultiOriginClient, PollOutcome
 from mc_edge_policy.edge_policy import EdgePolicy
 from mc_edge_policy.keys import load_keyring
 from mc_edge_policy.pdp import BundleRejected, PolicyDecisionPoint
@@ -28,6 +31,9 @@ class EdgePolicyApp:
     pdp: PolicyDecisionPoint
     policy: EdgePolicy
     decision_log: KafkaDecisionLog | None = None
+    distributor: BundleDistributor | None = None
+    poll_task: asyncio.Task[None] | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     async def create(cls, settings: EdgePolicySettings) -> EdgePolicyApp:
@@ -51,7 +57,30 @@ class EdgePolicyApp:
             )
             await decision_log.start()
             sink = decision_log
-        return cls(settings, pdp, EdgePolicy(pdp, sink), decision_log)
+        app = cls(settings, pdp, EdgePolicy(pdp, sink), decision_log)
+        if settings.origins and settings.tuf_root_file is not None:
+            client = MultiOriginClient(
+                settings.origins,
+                settings.cache_dir / "tuf",
+                settings.tuf_root_file.read_bytes(),
+                settings.target_name,
+                timeout_s=settings.origin_timeout_s,
+            )
+            app.distributor = BundleDistributor(client, pdp)
+            app.poll_task = asyncio.create_task(app._poll_forever(), name="edge-policy-poll")
+        return app
+
+    async def _poll_forever(self) -> None:
+        """Poll the origins in a worker thread (TUF and compiling block), every interval."""
+        assert self.distributor is not None
+        while not self.stopping.is_set():
+            result = await asyncio.to_thread(self.distributor.poll)
+            level = (
+                logging.INFO if result.outcome is not PollOutcome.UNREACHABLE else logging.WARNING
+            )
+            log.log(level, "poll", extra={"outcome": result.outcome, "detail": result.detail[:300]})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.settings.poll_interval_s)
 
     def spec(self) -> ServiceSpec:
         servicer = PolicyServicer(self.policy)
@@ -62,5 +91,8 @@ class EdgePolicyApp:
         return ServiceSpec(name="mc-edge-policy", service_names=[SERVICE_NAME], register=register)
 
     async def close(self) -> None:
+        self.stopping.set()
+        if self.poll_task is not None:
+            await self.poll_task
         if self.decision_log is not None:
             await self.decision_log.stop()

@@ -31,6 +31,17 @@ class EdgePolicySettings(ServiceSettings):
         None, description="Kafka bootstrap servers; unset means decisions are not published."
     )
     decisions_topic: str = Field("mc.policy.decisions", description="Decisions topic.")
+    origins: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of the distribution origins (CDNs) serving the TUF repository; "
+        "empty disables polling.",
+    )
+    tuf_root_file: Path | None = Field(
+        None, description="The trusted TUF root metadata (shipped out of band); needed to poll."
+    )
+    target_name: str = Field("mc.tar.gz", description="The bundle's TUF target name.")
+    poll_interval_s: float = Field(30.0, gt=0, description="Seconds between origin polls.")
+    origin_timeout_s: float = Field(5.0, gt=0, description="Timeout of one origin request.")
     decision_log_max_pending: int = Field(
         10_000, ge=1, description="Decisions queued for Kafka before new ones wait."
     )
