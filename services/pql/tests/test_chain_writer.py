@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from pql_support import content
 
+from mc_common.errors import InvalidArgument
 from mc_common.signing import PemSigner
 from mc_pql import convert
 from mc_pql.app import PqlApp
@@ -95,3 +96,32 @@ async def _until_waiting_on_a_lock(app: PqlApp) -> None:
             if row is not None and row[0] > 0:
                 return
             await asyncio.sleep(0.01)
+
+
+async def test_one_tenants_bad_row_never_fails_another_tenants_writes(pql_app: PqlApp) -> None:
+    """A row Postgres refuses (NUL in a text column; validation keeps these out, this is the
+    defence behind it) fails only its own caller, though group commit put it in one round
+    with other tenants' receipts."""
+    writer = ChainWriter(pql_app.store, PemSigner.generate())
+    good = [
+        PreparedReceipt(s.body, None) for s in submissions("acme", 0, 2) + submissions("beta", 2, 1)
+    ]
+    [bad_body] = [s.body for s in submissions("gamma", 9, 1)]
+    bad = PreparedReceipt(bad_body.model_copy(update={"execution_id": "x\x00"}), None)
+    results = await asyncio.gather(
+        writer.append("acme", good[:1]),
+        writer.append("gamma", [bad]),
+        writer.append("acme", good[1:2]),
+        writer.append("beta", good[2:]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], InvalidArgument)
+    ok = [r for i, r in enumerate(results) if i != 1]
+    assert all(isinstance(r, list) for r in ok), ok
+    assert [s.row.sequence for r in ok for s in r] == [1, 2, 1]  # type: ignore[union-attr]
+    for tenant, count in (("acme", 2), ("beta", 1), ("gamma", 0)):
+        rows = await pql_app.store.list_receipts(tenant, 0, 10)
+        assert [r.sequence for r in rows] == list(range(1, count + 1))
+    # And the writer goes on: gamma's next good receipt is its first.
+    [stored] = await writer.append("gamma", [PreparedReceipt(bad_body, None)])
+    assert stored.row.sequence == 1

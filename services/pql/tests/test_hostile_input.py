@@ -354,3 +354,91 @@ async def test_dsse_payload_type_other_than_in_toto_is_refused(
         svc.RecordReceiptRequest(signed_envelope=good.to_json().encode()), metadata=md("acme")
     )
     assert stored.receipt.verification.valid
+
+
+def big_content(execution_id: str, outputs: int) -> pb.ReceiptContent:
+    """Content of about 570 bytes per step output (each also becomes a subject when signed)."""
+    out = content(execution_id)
+    step = out.steps[0]
+    del out.steps[:]
+    for s in range(outputs // 60 + 1):
+        new = out.steps.add()
+        new.CopyFrom(step)
+        new.name = f"step-{s}"
+        del new.outputs[:]
+        for o in range(min(60, outputs - s * 60)):
+            new.outputs.add(name=f"{o:03d}-" + "o" * 496, sha256=f"{s * 60 + o:064x}")
+    return out
+
+
+async def count_rows(settings: PqlSettings) -> int:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(settings.postgres_dsn) as conn:
+        cur = await conn.execute("SELECT count(*) FROM pql.receipts")
+        row = await cur.fetchone()
+        return 0 if row is None else int(row[0])
+
+
+async def test_a_receipt_whose_reply_cannot_be_sent_is_refused_not_stored(
+    stub: Stub, pql_settings: PqlSettings
+) -> None:
+    """1.8 MB of content within every field bound: before, it was stored, its own reply was
+    RESOURCE_EXHAUSTED, and ListReceipts failed for that tenant from then on."""
+    huge = svc.RecordReceiptRequest(content=big_content("huge", 3200))
+    assert 1_700_000 < huge.ByteSize() < 4_000_000
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RecordReceipt(huge, metadata=md("acme"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert await count_rows(pql_settings) == 0
+    listed = await stub.ListReceipts(svc.ListReceiptsRequest(), metadata=md("acme"))
+    assert list(listed.receipts) == []
+
+
+async def test_a_batch_whose_reply_cannot_be_sent_is_refused_not_stored(
+    stub: Stub, pql_settings: PqlSettings
+) -> None:
+    batch = svc.RecordReceiptsRequest(
+        receipts=[svc.RecordReceiptRequest(content=big_content(f"b{n}", 300)) for n in range(12)]
+    )
+    assert batch.ByteSize() < 4_000_000
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RecordReceipts(batch, metadata=md("acme"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert await count_rows(pql_settings) == 0
+
+
+async def test_list_pages_by_bytes_and_every_stored_receipt_is_retrievable(stub: Stub) -> None:
+    stored = []
+    for n in range(8):  # each about 0.7 MB to serve: a page of 50 would be about 5.6 MB
+        reply = await stub.RecordReceipt(
+            svc.RecordReceiptRequest(content=big_content(f"p{n}", 300)), metadata=md("acme")
+        )
+        stored.append(reply.receipt.digest)
+        got = await stub.GetReceipt(
+            svc.GetReceiptRequest(digest=reply.receipt.digest), metadata=md("acme")
+        )
+        assert got.receipt.verification.valid
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await stub.ListReceipts(
+            svc.ListReceiptsRequest(page_size=50, page_token=token), metadata=md("acme")
+        )
+        assert page.ByteSize() < 4 * 1024 * 1024
+        seen += [r.digest for r in page.receipts]
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == stored and pages > 1
+
+
+async def test_label_bounds_hold_so_execution_pages_fit(stub: Stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RecordExecution(
+            svc.RecordExecutionRequest(execution=execution(labels={"k": "v" * 100_000})),
+            metadata=md("acme"),
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

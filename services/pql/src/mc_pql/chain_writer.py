@@ -19,11 +19,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import psycopg
 from pydantic_core import to_json
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
+from mc_common.errors import FieldViolation, InvalidArgument
 from mc_common.receipts import ChainLink, ReceiptBody, Subject, build_receipt, sign_receipt
 from mc_common.signing import Signer
 from mc_pql.chain_store import ChainAppender, ChainHead
+from mc_pql.limits import MAX_RECEIPT_REPLY_BYTES, MAX_REPLY_BYTES, receipt_reply_bytes
 from mc_pql.models import ReceiptRow, StoredReceipt, Verification
 from mc_pql.store import ProvenanceStore
 
@@ -53,6 +57,7 @@ class _Pending:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     signed: list[StoredReceipt] = field(default_factory=list)
+    refused: InvalidArgument | None = None  # set when signing found the reply too large
 
 
 class ChainWriter:
@@ -94,18 +99,42 @@ class ChainWriter:
             count += len(pending.items)
         try:
             await self._append(appender, group)
-        except Exception as exc:  # every caller of the round sees the failure
-            for tenant, pendings in group.items():
+        except Exception as exc:
+            for tenant in group:
                 self._heads.pop(tenant, None)  # the append may or may not have committed
+            if _refused_rows(exc) and sum(len(p) for p in group.values()) > 1:
+                return await self._isolate(appender, group)
+            for pendings in group.values():  # every caller of the round sees the failure
                 for pending in pendings:
-                    if not pending.done.done():
-                        pending.done.set_exception(exc)
+                    _fail(pending, exc)
             return False
         for pendings in group.values():
             for pending in pendings:
-                if not pending.done.done():  # a caller may have been cancelled meanwhile
-                    pending.done.set_result(pending.signed)
+                _settle(pending)
         return True
+
+    async def _isolate(self, appender: ChainAppender, group: dict[str, list[_Pending]]) -> bool:
+        """Append each caller of a round the database refused on its own, so one caller's
+        bad row fails only that caller, never another tenant's (or caller's) writes.
+
+        Only for refused rows (data or constraint errors): the statement, or the transaction,
+        failed as a whole, so nothing of the round was committed and retrying cannot append
+        twice. False when a caller failed otherwise (the connection may be broken)."""
+        healthy = True
+        for tenant, pendings in group.items():
+            for pending in pendings:
+                if pending.done.done() or not healthy:
+                    _fail(pending, ConnectionError("the chain writer's connection failed"))
+                    continue
+                try:
+                    await self._append(appender, {tenant: [pending]})
+                except Exception as exc:
+                    self._heads.pop(tenant, None)
+                    healthy = _refused_rows(exc)
+                    _fail(pending, exc)
+                else:
+                    _settle(pending)
+        return healthy
 
     async def _append(self, appender: ChainAppender, group: dict[str, list[_Pending]]) -> None:
         heads = self._heads
@@ -165,9 +194,11 @@ class ChainWriter:
     ) -> list[ReceiptRow]:
         previous = None if head is None else ChainLink(tenant, head[0], head[1])
         key_id = self._signer.key_id
-        rows = []
+        rows: list[ReceiptRow] = []
         for pending in group:
             pending.signed = []  # signing again starts over
+            pending.refused = None
+            start, first_row = previous, len(rows)
             for item in pending.items:
                 statement = build_receipt(item.body, previous, subjects=item.subjects)
                 signed = sign_receipt(statement, self._signer)
@@ -187,4 +218,61 @@ class ChainWriter:
                 rows.append(row)
                 pending.signed.append(StoredReceipt(row, statement, Verification()))
                 previous = signed.link
+            pending.refused = _too_large(rows[first_row:])
+            if pending.refused is not None:  # never stored: the reply could not be sent
+                del rows[first_row:]
+                pending.signed = []
+                previous = start
         return rows
+
+
+def _too_large(rows: Sequence[ReceiptRow]) -> InvalidArgument | None:
+    """Refuse receipts whose reply could not be sent (ADR 0033), naming the first too large."""
+    total = 0
+    for index, row in enumerate(rows):
+        size = receipt_reply_bytes(len(row.envelope), len(row.client_envelope or b""))
+        total += size
+        if size > MAX_RECEIPT_REPLY_BYTES:
+            where = f"receipts[{index}]" if len(rows) > 1 else "receipt"
+            return _too_large_error(
+                where,
+                f"the signed receipt would take {size} bytes to serve; the most is "
+                f"{MAX_RECEIPT_REPLY_BYTES}",
+            )
+    if total > MAX_REPLY_BYTES:
+        return _too_large_error(
+            "receipts",
+            f"the batch's reply would take {total} bytes; the most is {MAX_REPLY_BYTES}: "
+            "send it in smaller batches",
+        )
+    return None
+
+
+def _too_large_error(field: str, description: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{field}: {description}",
+        [FieldViolation(field, description)],
+        reason=ErrorReason.ERROR_REASON_RECEIPT_TOO_LARGE,
+    )
+
+
+def _settle(pending: _Pending) -> None:
+    if pending.done.done():  # a caller may have been cancelled meanwhile
+        return
+    if pending.refused is not None:
+        pending.done.set_exception(pending.refused)
+    else:
+        pending.done.set_result(pending.signed)
+
+
+def _refused_rows(error: BaseException) -> bool:
+    """Postgres refused the rows themselves (SQLSTATE classes 22 and 23), not the connection."""
+    return isinstance(error, psycopg.errors.DataError | psycopg.errors.IntegrityError)
+
+
+def _fail(pending: _Pending, error: BaseException) -> None:
+    if pending.done.done():  # the caller was cancelled meanwhile
+        return
+    if isinstance(error, psycopg.errors.DataError):
+        error = InvalidArgument(f"the receipt cannot be stored: {error.diag.message_primary}")
+    pending.done.set_exception(error)

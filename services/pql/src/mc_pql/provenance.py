@@ -8,10 +8,10 @@ Nothing read from the database is trusted: each receipt is verified as it is rea
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import (
@@ -47,6 +47,12 @@ from mc_pql.client_statement import (
     CLIENT_SUBJECT,
     ClientStatementError,
     parse_client_statement,
+)
+from mc_pql.limits import (
+    MAX_REPLY_BYTES,
+    REPLY_OVERHEAD_BYTES,
+    receipt_reply_bytes,
+    text_bytes,
 )
 from mc_pql.models import (
     DecisionRecord,
@@ -125,6 +131,51 @@ def _page_size(size: int) -> int:
     return size if size > 0 else DEFAULT_PAGE_SIZE
 
 
+T = TypeVar("T")
+
+
+def _within_reply(items: list[T], size: int, bytes_of: Callable[[T], int]) -> tuple[bool, list[T]]:
+    """The first `size` items that fit one reply (at least one), and whether more remain."""
+    total, kept = 0, 0
+    for item in items[:size]:
+        total += bytes_of(item)
+        if kept and total > MAX_REPLY_BYTES:
+            break
+        kept += 1
+    return len(items) > kept, items[:kept]
+
+
+def _receipt_bytes(row: ReceiptRow) -> int:
+    return receipt_reply_bytes(len(row.envelope), len(row.client_envelope or b""))
+
+
+def _execution_bytes(record: ExecutionRecord) -> int:
+    return REPLY_OVERHEAD_BYTES + text_bytes(
+        record.execution_id,
+        record.tenant,
+        record.package_name,
+        record.package_version,
+        record.package_digest,
+        record.region,
+        record.status,
+        *record.labels,
+        *record.labels.values(),
+    )
+
+
+def _decision_bytes(record: DecisionRecord) -> int:
+    return REPLY_OVERHEAD_BYTES + text_bytes(
+        record.decision_id,
+        record.tenant,
+        record.execution_id,
+        record.policy,
+        record.bundle_digest,
+        record.rule,
+        record.reason,
+        record.remediation,
+    )
+
+
 class Provenance:
     """Records and serves executions, chained signed receipts and policy decisions."""
 
@@ -171,7 +222,7 @@ class Provenance:
             self._tokens.open(page_token, tenant=tenant, listing=LIST_EXECUTIONS)
         )
         items = await self._store.list_executions(tenant, size + 1, before)
-        more, items = len(items) > size, items[:size]
+        more, items = _within_reply(items, size, _execution_bytes)
         last = items[-1] if items else None
         token = (
             self._tokens.issue(
@@ -264,8 +315,10 @@ class Provenance:
         after = _sequence_position(
             self._tokens.open(page_token, tenant=tenant, listing=LIST_RECEIPTS, filters=filters)
         )
-        rows = await self._store.list_receipts(tenant, after, size + 1, execution_id)
-        more, rows = len(rows) > size, rows[:size]
+        rows = await self._store.list_receipts(
+            tenant, after, size + 1, execution_id, max_bytes=MAX_REPLY_BYTES
+        )
+        more, rows = _within_reply(rows, size, _receipt_bytes)
         keyring = await self._tenant_keyring(tenant)
         token = (
             self._tokens.issue(
@@ -409,7 +462,7 @@ class Provenance:
             self._tokens.open(page_token, tenant=tenant, listing=LIST_DECISIONS, filters=filters)
         )
         items = await self._store.list_decisions(tenant, size + 1, before, execution_id)
-        more, items = len(items) > size, items[:size]
+        more, items = _within_reply(items, size, _decision_bytes)
         token = (
             self._tokens.issue(
                 [items[-1].decided_at.isoformat(), items[-1].decision_id],

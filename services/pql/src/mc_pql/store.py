@@ -162,9 +162,19 @@ class ProvenanceStore:
             return None if row is None else _receipt(row)
 
     async def list_receipts(
-        self, tenant: str, after_sequence: int, limit: int, execution_id: str = ""
+        self,
+        tenant: str,
+        after_sequence: int,
+        limit: int,
+        execution_id: str = "",
+        *,
+        max_bytes: int | None = None,
     ) -> list[ReceiptRow]:
-        """Receipts in ascending chain order after `after_sequence`."""
+        """Receipts in ascending chain order after `after_sequence`.
+
+        With `max_bytes`, rows stop at the first one that takes the stored envelopes past it
+        (that one included; at least one row), so a page never reads more than it can serve.
+        """
         query = f"SELECT {_RECEIPT_COLUMNS} FROM receipts WHERE tenant = %s AND sequence > %s"
         params: list[Any] = [tenant, after_sequence]
         if execution_id:
@@ -172,6 +182,16 @@ class ProvenanceStore:
             params.append(execution_id)
         query += " ORDER BY sequence LIMIT %s"
         params.append(limit)
+        if max_bytes is not None:
+            # Sizes come from the stored lengths, without reading (detoasting) the envelopes
+            # of rows beyond the budget.
+            size = "octet_length(envelope) + coalesce(octet_length(client_envelope), 0)"
+            query = (
+                f"SELECT {_RECEIPT_COLUMNS} FROM (SELECT *, sum({size}) OVER "
+                f"(ORDER BY sequence ROWS UNBOUNDED PRECEDING) - {size} AS before "
+                f"FROM ({query}) AS candidates) AS page WHERE before < %s ORDER BY sequence"
+            )
+            params.append(max_bytes)
         async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(query, params)
             return [_receipt(r) for r in await cur.fetchall()]

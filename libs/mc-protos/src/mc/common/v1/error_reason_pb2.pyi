@@ -64,6 +64,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_DECISION_CONFLICT is a policy decision id already recorded with other
     content; metadata `differing_fields` names the fields that differ.
     """
+    ERROR_REASON_RECEIPT_TOO_LARGE: _ErrorReason.ValueType  # 121
+    """ERROR_REASON_RECEIPT_TOO_LARGE is a receipt, or a batch, whose reply could not be sent
+    within the message limit; nothing was stored.
+    """
+    ERROR_REASON_IDEMPOTENCY_KEY_REUSED: _ErrorReason.ValueType  # 122
+    """ERROR_REASON_IDEMPOTENCY_KEY_REUSED is an idempotency key already used for another request."""
     ERROR_REASON_PQL_SYNTAX: _ErrorReason.ValueType  # 150
     """ERROR_REASON_PQL_SYNTAX is PQL text that does not parse; metadata has line and column."""
     ERROR_REASON_PQL_INVALID: _ErrorReason.ValueType  # 151
@@ -186,6 +192,12 @@ ERROR_REASON_DECISION_CONFLICT: ErrorReason.ValueType  # 120
 """ERROR_REASON_DECISION_CONFLICT is a policy decision id already recorded with other
 content; metadata `differing_fields` names the fields that differ.
 """
+ERROR_REASON_RECEIPT_TOO_LARGE: ErrorReason.ValueType  # 121
+"""ERROR_REASON_RECEIPT_TOO_LARGE is a receipt, or a batch, whose reply could not be sent
+within the message limit; nothing was stored.
+"""
+ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 122
+"""ERROR_REASON_IDEMPOTENCY_KEY_REUSED is an idempotency key already used for another request."""
 ERROR_REASON_PQL_SYNTAX: ErrorReason.ValueType  # 150
 """ERROR_REASON_PQL_SYNTAX is PQL text that does not parse; metadata has line and column."""
 ERROR_REASON_PQL_INVALID: ErrorReason.ValueType  # 151

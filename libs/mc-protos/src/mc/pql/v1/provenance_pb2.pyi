@@ -76,7 +76,9 @@ class Execution(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """labels are free-form key/value labels for search."""
+        """labels are free-form key/value labels for search: keys of 1 to 63 characters, values of
+        at most 256.
+        """
 
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
