@@ -12,3 +12,9 @@ if [ ! -x node_modules/.bin/buf ]; then
   # then reports them missing. buf is pinned exactly in package.json, so install is as strict.
   npm install --no-audit --no-fund --loglevel=error
 fi
+if ! command -v promtool >/dev/null 2>&1; then
+  # Prometheus' own linter checks every service's metrics in the test suite (Debian package).
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get install -y -qq prometheus >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq prometheus >/dev/null; }
+fi

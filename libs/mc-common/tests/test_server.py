@@ -124,8 +124,12 @@ async def test_domain_errors_map_to_codes_and_details(
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (err.value.details() or "")
     text = generate_latest(server.registry).decode()
-    assert 'mc_grpc_server_handled_total{code="NOT_FOUND"' in text
-    assert "mc_grpc_server_handling_seconds_bucket" in text
+    assert (
+        'grpc_server_handled_total{grpc_code="NOT_FOUND",grpc_method="GetExecution",'
+        'grpc_service="mc.pql.v1.ProvenanceService",grpc_type="unary"}' in text
+    )
+    assert 'grpc_server_handling_seconds_bucket{grpc_method="GetExecution"' in text
+    assert "process_cpu_seconds_total" in text and "python_gc_objects_collected_total" in text
 
 
 async def test_health_reports_per_service(server: RunningServer) -> None:

@@ -220,7 +220,7 @@ async def test_batch_keeps_order_and_denies_in_sequence(make_limiter: MakeLimite
         ("acme", "r", "s", "k", "enforce")
     }
     assert registry.get_sample_value("mc_rl_denies_total", {"rule": "r", "mode": "enforce"}) == 2
-    assert (registry.get_sample_value("mc_rl_check_ms_count", {"path": "batch"}) or 0) >= 1
+    assert (registry.get_sample_value("mc_rl_check_seconds_count", {"path": "batch"}) or 0) >= 1
 
 
 async def test_scopes_count_separately(make_limiter: MakeLimiter) -> None:

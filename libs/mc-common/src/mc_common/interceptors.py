@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError, Message
 
 from mc.common.v1 import options_pb2
 from mc_common.errors import ERROR_DOMAIN, InvalidArgument, MCError
-from mc_common.metrics import RpcMetrics
+from mc_common.metrics import SERVER_STREAM, RpcMetrics
 from mc_common.tenancy import (
     PRINCIPAL_HEADER,
     TENANT_HEADER,
@@ -211,23 +211,25 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = grpc.StatusCode.INTERNAL
                 await self._fail(method, context, error)
             finally:
-                observe(time.perf_counter() - start, code)
+                observe(time.perf_counter() - start, code, int(code is grpc.StatusCode.OK))
 
         return wrapper
 
     def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
-        observe = self._metrics.for_method(method)
+        observe = self._metrics.for_method(method, SERVER_STREAM)
         bind = self._binder(method)
 
         async def wrapper(request: Any, context: Ctx) -> AsyncIterator[Any]:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
+            sent = 0
             try:
                 if type(request) is _Undecodable:
                     raise InvalidArgument(f"request is not a valid message: {request.error}")
                 bind(context)
                 _validate(request)
                 async for item in behavior(request, context):
+                    sent += 1
                     yield item
             except MCError as error:
                 code = error.grpc_code
@@ -239,7 +241,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = grpc.StatusCode.INTERNAL
                 await self._fail(method, context, error)
             finally:
-                observe(time.perf_counter() - start, code)
+                observe(time.perf_counter() - start, code, sent)
 
         return wrapper
 

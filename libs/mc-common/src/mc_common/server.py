@@ -28,7 +28,7 @@ from mc_common.config import ServiceSettings
 from mc_common.errors import service_domain
 from mc_common.interceptors import Access, Handler, ServerInterceptor
 from mc_common.logs import configure_logging
-from mc_common.metrics import RpcMetrics, serve_metrics
+from mc_common.metrics import RpcMetrics, add_runtime_collectors, serve_metrics
 from mc_common.tracing import build_tracer_provider, install_tracer_provider
 
 log = logging.getLogger("mc.server")
@@ -140,6 +140,7 @@ async def start_server(
 ) -> RunningServer:
     """Build, bind and start the server for `spec`; the port is in the result."""
     registry = registry or spec.registry or CollectorRegistry()
+    add_runtime_collectors(registry)
     interceptors: list[Any] = []
     # Tracing costs about half of a small RPC's server time in grpc.aio, so spans are made only
     # when something will receive them: a configured exporter, or a provider passed in.

@@ -80,8 +80,8 @@ class Limiter:
         self.options = options or LimiterOptions()
         self.router = ShardRouter(shards, vnodes=self.options.vnodes)
         self.metrics = metrics or LimiterMetrics()
-        self._check_ms = {
-            path: self.metrics.check_ms.labels(path) for path in ("redis", "fallback", "batch")
+        self._check_seconds = {
+            path: self.metrics.check_seconds.labels(path) for path in ("redis", "fallback", "batch")
         }
         self._denies = DenyAggregator(deny_sink, self.options.deny_flush_ms) if deny_sink else None
         peers = list(peers)
@@ -299,7 +299,7 @@ class Limiter:
         elif jobs:
             await asyncio.gather(*jobs)
         out = [d if d is not None else unmatched_decision() for d in decisions]
-        self._check_ms["batch"].observe((time.perf_counter() - started) * 1000)
+        self._check_seconds["batch"].observe(time.perf_counter() - started)
         return out
 
     def _unmatched(self, allow: bool | None) -> UnmatchedPolicy:
@@ -316,7 +316,7 @@ class Limiter:
             return unmatched_decision()
         decision = await self.executor.decide(resolved, record=record)
         path = "fallback" if decision.degraded else "redis"
-        self._check_ms[path].observe((time.perf_counter() - started) * 1000)
+        self._check_seconds[path].observe(time.perf_counter() - started)
         return decision
 
     # ---------------------------------------------------------------- administration

@@ -8,22 +8,24 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-CHECK_MS_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0)
+CHECK_SECONDS_BUCKETS = (
+    0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
 
 
 class LimiterMetrics:
-    """``mc_rl_check_ms`` (histogram, label ``path``: redis | fallback | batch),
+    """``mc_rl_check_seconds`` (histogram, label ``path``: redis | fallback | batch),
     ``mc_rl_denies_total`` (labels ``rule``, ``mode``: enforce = real denials,
     shadow = would-denies), ``mc_rl_shadow_would_deny_total`` (label ``rule``) and
     ``mc_rl_degraded`` (gauge per ``shard``, 1 while its breaker is open)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.check_ms = Histogram(
-            "mc_rl_check_ms",
-            "Latency of one rate-limit decision in milliseconds.",
+        self.check_seconds = Histogram(
+            "mc_rl_check_seconds",
+            "Latency of one rate-limit decision in seconds.",
             ["path"],
-            buckets=CHECK_MS_BUCKETS,
+            buckets=CHECK_SECONDS_BUCKETS,
             registry=self.registry,
         )
         self.denies = Counter(
