@@ -115,8 +115,8 @@ async def test_rule_store_crud_with_revisions(make_limiter: MakeLimiter) -> None
     await limiter.put_rule(
         Rule.model_validate(rule_data(id="other", match={"tenant": "zeta"})), actor="ops"
     )
-    assert [s.rule.id for s in await limiter.list_rules()] == ["api", "other"]
-    assert [s.rule.id for s in await limiter.list_rules(tenant="acme")] == ["api"]
+    assert [s.rule.id for s in (await limiter.list_rules()).rules] == ["api", "other"]
+    assert [s.rule.id for s in (await limiter.list_rules(tenant="acme")).rules] == ["api"]
     await limiter.delete_rule("api", actor="ops", expected_revision=2)
     with pytest.raises(RuleNotFoundError):
         await limiter.get_rule("api")

@@ -101,7 +101,23 @@ async def test_rules_are_operator_data(stub: svc_grpc.LimiterServiceStub) -> Non
     got = (await stub.GetRule(svc.GetRuleRequest(rule_id="exec-starts"), metadata=OPERATOR)).rule
     assert got.limits[0].window_ms == 60_000 and got.key == "executions:*"
     listed = await stub.ListRules(svc.ListRulesRequest(), metadata=OPERATOR)
-    assert [r.id for r in listed.rules] == ["exec-starts"]
+    assert [r.id for r in listed.rules] == ["exec-starts"] and not listed.next_page_token
+    second = rule()
+    second.id = "exec-starts-2"
+    await stub.PutRule(svc.PutRuleRequest(rule=second), metadata=OPERATOR)
+    first = await stub.ListRules(svc.ListRulesRequest(page_size=1), metadata=OPERATOR)
+    assert [r.id for r in first.rules] == ["exec-starts"] and first.next_page_token
+    rest = await stub.ListRules(
+        svc.ListRulesRequest(page_size=1, page_token=first.next_page_token), metadata=OPERATOR
+    )
+    assert [r.id for r in rest.rules] == ["exec-starts-2"] and not rest.next_page_token
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # a token of another tenant filter
+        await stub.ListRules(
+            svc.ListRulesRequest(tenant="acme", page_token=first.next_page_token),
+            metadata=OPERATOR,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await stub.DeleteRule(svc.DeleteRuleRequest(rule_id="exec-starts-2"), metadata=OPERATOR)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetRule(svc.GetRuleRequest(rule_id="nope"), metadata=OPERATOR)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

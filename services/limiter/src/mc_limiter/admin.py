@@ -1,28 +1,45 @@
 """Administration of the limiter's configuration: rules, throttle levels and the global
 shadow switch, each write audited, and the configuration snapshot kept current.
 
-Writes go to the config store (``store.py``); every write bumps its version, which this
-replica reloads at once and the others notice on their next refresh.
+Writes go to the config store (``store.py``); every write bumps its version and records
+what it changed. This replica applies the change at once (before the call returns) and the
+others on their next refresh, each by replaying only the changes since its own version and
+forgetting only the cached plans they affect (docs/adr/0016-incremental-rule-writes.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import json
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mc_common.errors import InvalidArgument, Unavailable
 from mc_limiter.audit import AuditEvent, AuditSink
 from mc_limiter.planning import Planner
-from mc_limiter.rules import Rule, StoredRule, parse_rule
+from mc_limiter.rules import Matcher, Rule, StoredRule, parse_rule
 from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS
-from mc_limiter.store import RuleStore
+from mc_limiter.store import Change, ChangeKind, ConfigSnapshot, RuleStore
 from mc_limiter.throttle import ThrottleLevel
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1_000
+MAX_PAGE_SCAN = 10_000  # rules one page may look at (wildcard-tenant rules not matching)
+MAX_TARGETED_CHANGES = 64  # beyond this many changes at once, forget every cached plan
 _REFRESH_ERRORS: tuple[type[BaseException], ...] = (Unavailable, *SHARD_UNAVAILABLE_ERRORS)
+
+
+@dataclass(frozen=True, slots=True)
+class RulePage:
+    rules: list[StoredRule]
+    next_page_token: str  # "" at the end
 
 
 class Administration:
@@ -33,9 +50,15 @@ class Administration:
         self.store = store
         self._planner = planner
         self._audit = audit
+        self._lock = asyncio.Lock()  # one catch-up (or reload) at a time
 
     async def reload(self) -> None:
-        """Load the configuration now. Raises ``Unavailable`` if the store is unreachable."""
+        """Load the whole configuration now (start-up, or a replica too far behind).
+        Raises ``Unavailable`` if the store is unreachable."""
+        async with self._lock:
+            await self._reload_locked()
+
+    async def _reload_locked(self) -> None:
         try:
             snapshot = await self.store.load()
         except SHARD_UNAVAILABLE_ERRORS as exc:
@@ -43,12 +66,78 @@ class Administration:
         self._planner.apply(snapshot)
 
     async def refresh_once(self) -> None:
-        """Reload if the store's version moved (the periodic refresh of every replica)."""
+        """Catch up with the store (the periodic refresh of every replica)."""
         try:
-            if await self.store.version() != self._planner.snapshot.version:
-                await self.reload()
+            await self.catch_up()
         except _REFRESH_ERRORS:
             log.debug("config refresh skipped: store unreachable")
+
+    async def catch_up(self) -> None:
+        """Apply the writes made since this replica's version, one change at a time, and
+        forget only the cached plans they affect; load everything only when the changelog no
+        longer reaches back to our version. Raises ``Unavailable``."""
+        forgets = []
+        try:
+            async with self._lock:
+                while True:
+                    snapshot = self._planner.snapshot
+                    changes = await self.store.changes_since(snapshot.version)
+                    if changes is None:
+                        await self._reload_locked()
+                        return
+                    if not changes:
+                        break
+                    forgets.append(self._apply(snapshot, changes))
+                    await asyncio.sleep(0)  # between batches of changes
+        except SHARD_UNAVAILABLE_ERRORS as exc:
+            raise Unavailable(f"limiter config store unreachable: {exc!r}") from exc
+        for forget in forgets:
+            await forget
+
+    def _apply_own(
+        self, version: int, rule_id: str, stored: StoredRule | None
+    ) -> Awaitable[None] | None:
+        """Apply this replica's own rule write at once when it directly follows our
+        snapshot (the common case), without reading it back; returns the plan invalidation
+        to await, or ``None`` when the write must be caught up with from the changelog."""
+        snapshot = self._planner.snapshot
+        if version != snapshot.version + 1 or self._lock.locked():
+            return None
+        return self._apply(snapshot, [Change(version, ChangeKind.RULE, rule_id, stored)])
+
+    async def _settle(self, applied: Awaitable[None] | None) -> None:
+        if applied is not None:
+            await applied
+        else:
+            await self._catch_up_quietly()
+
+    def _apply(self, snapshot: ConfigSnapshot, changes: list[Change]) -> Awaitable[None]:
+        """Change ``snapshot`` in place (synchronously: checks see all of a change or none of
+        it); returns the job that forgets the cached plans the changes affect."""
+        matchers: list[Matcher] = []
+        tenants: set[str] = set()
+        everything = False
+        for change in changes:
+            if change.kind is ChangeKind.RULE:
+                if isinstance(change.value, StoredRule):
+                    before = snapshot.put(change.value)
+                    matchers.append(change.value.rule.match)
+                else:
+                    before = snapshot.delete(change.subject)
+                if before is not None:
+                    matchers.append(before.rule.match)
+            elif change.kind is ChangeKind.THROTTLE:
+                assert isinstance(change.value, ThrottleLevel)
+                snapshot.set_throttle(change.subject, change.value)
+                tenants.add(change.subject)
+            else:
+                snapshot.global_shadow = bool(change.value)
+                everything = True
+            snapshot.version = change.version
+        if everything or len(matchers) + len(tenants) > MAX_TARGETED_CHANGES:
+            self._planner.invalidate()
+            return asyncio.sleep(0)
+        return self._planner.forget(_affected(matchers, tenants))
 
     async def put_rule(
         self,
@@ -63,6 +152,7 @@ class Administration:
         parsed = rule if isinstance(rule, Rule) else parse_rule(rule)
         before = self._planner.snapshot.rules.get(parsed.id)
         stored = await _admin(self.store.put_rule(parsed, actor, expected_revision))
+        applied = self._apply_own(self.store.last_version, parsed.id, stored)
         await self._audit_event(
             "limiter.rule.put",
             actor,
@@ -71,20 +161,27 @@ class Administration:
             parsed.model_dump(mode="json"),
             reason,
         )
-        await self._reload_quietly()
+        await self._settle(applied)
         return stored
 
     async def get_rule(self, rule_id: str) -> StoredRule:
         return await _admin(self.store.get_rule(rule_id))
 
-    async def list_rules(self, tenant: str | None = None) -> list[StoredRule]:
-        """All rules, or those that can apply to ``tenant`` (its literal rules and wildcards
-        matching it), sorted by id."""
-        await self._reload_quietly()
-        rules = sorted(self._planner.snapshot.rules.values(), key=lambda s: s.rule.id)
-        if tenant is None:
-            return rules
-        return [s for s in rules if s.rule.match.matches_tenant(tenant)]
+    async def list_rules(
+        self, tenant: str | None = None, *, page_size: int = 0, page_token: str = ""
+    ) -> RulePage:
+        """A page of the rules (or of those that can apply to ``tenant``: its literal rules
+        and the wildcards matching it) in id order, from this replica's snapshot once it has
+        caught up. ``page_size`` 0 means ``DEFAULT_PAGE_SIZE``; at most ``MAX_PAGE_SIZE``.
+        A page looks at no more than ``MAX_PAGE_SCAN`` rules, so it may come back short
+        with a ``next_page_token``: keep paging until the token is empty."""
+        if page_size < 0:
+            raise InvalidArgument.field("page_size", "must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = open_page_token(page_token, tenant)
+        await self._catch_up_quietly()
+        rules, last = self._planner.snapshot.page(tenant, after, size, MAX_PAGE_SCAN)
+        return RulePage(rules, issue_page_token(last, tenant) if last is not None else "")
 
     async def delete_rule(
         self, rule_id: str, *, actor: str, expected_revision: int | None = None, reason: str = ""
@@ -92,6 +189,7 @@ class Administration:
         _require_actor(actor)
         before = self._planner.snapshot.rules.get(rule_id)
         await _admin(self.store.delete_rule(rule_id, expected_revision))
+        applied = self._apply_own(self.store.last_version, rule_id, None)
         await self._audit_event(
             "limiter.rule.delete",
             actor,
@@ -100,7 +198,7 @@ class Administration:
             None,
             reason,
         )
-        await self._reload_quietly()
+        await self._settle(applied)
 
     async def set_throttle(
         self, tenant: str, level: ThrottleLevel | str, *, actor: str, reason: str = ""
@@ -118,7 +216,7 @@ class Administration:
         event = await self._audit_event(
             "limiter.throttle.set", actor, tenant, previous.value, new_level.value, reason, tenant
         )
-        await self._reload_quietly()
+        await self._catch_up_quietly()
         return event
 
     async def set_global_shadow(self, enabled: bool, *, actor: str, reason: str = "") -> AuditEvent:
@@ -128,7 +226,7 @@ class Administration:
         event = await self._audit_event(
             "limiter.shadow.global", actor, "global", previous, enabled, reason
         )
-        await self._reload_quietly()
+        await self._catch_up_quietly()
         return event
 
     async def _audit_event(
@@ -145,11 +243,11 @@ class Administration:
         await self._audit.emit(event)
         return event
 
-    async def _reload_quietly(self) -> None:
+    async def _catch_up_quietly(self) -> None:
         try:
-            await self.reload()
+            await self.catch_up()
         except Unavailable:
-            log.warning("config reload failed; keeping version %s", self._planner.snapshot.version)
+            log.warning("config refresh failed; keeping version %s", self._planner.snapshot.version)
 
 
 async def _admin(call: Awaitable[_T]) -> _T:
@@ -157,6 +255,39 @@ async def _admin(call: Awaitable[_T]) -> _T:
         return await call
     except SHARD_UNAVAILABLE_ERRORS as exc:
         raise Unavailable(f"limiter config store unreachable: {exc!r}") from exc
+
+
+def _affected(matchers: list[Matcher], tenants: set[str]) -> Callable[[str, str, str], bool]:
+    tests = [m.predicate() for m in matchers]
+
+    def affected(tenant: str, token: str, key: str) -> bool:
+        return tenant in tenants or any(test(tenant, token, key) for test in tests)
+
+    return affected
+
+
+# Page tokens: the id to continue after, bound to the tenant filter. A position only says
+# where a listing of public rule ids resumes, so it needs no secret; when mc_common's
+# authenticated page tokens land, these two functions switch to them.
+def issue_page_token(after: str, tenant: str | None) -> str:
+    body = json.dumps([after, tenant or ""], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+
+def open_page_token(token: str, tenant: str | None) -> str:
+    """The rule id a page starts after ("" for the first page); ``InvalidArgument`` for a
+    token that is malformed or was issued for another tenant filter."""
+    if not token:
+        return ""
+    try:
+        after, bound = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, TypeError, binascii.Error):
+        after, bound = None, None
+    if not isinstance(after, str) or not isinstance(bound, str) or bound != (tenant or ""):
+        raise InvalidArgument.field(
+            "page_token", "not a page token of this listing (bound to the tenant filter)"
+        )
+    return after
 
 
 def _require_actor(actor: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from mc_common.errors import MCError
-from mc_limiter.admin import Administration
+from mc_limiter.admin import Administration, RulePage
 from mc_limiter.audit import AuditEvent, AuditSink, NullAuditSink
 from mc_limiter.decisions import CheckRequest, Decision
 from mc_limiter.denials import DenyAggregator, DenySink
@@ -338,9 +338,11 @@ class Limiter:
     async def get_rule(self, rule_id: str) -> StoredRule:
         return await self.admin.get_rule(rule_id)
 
-    async def list_rules(self, tenant: str | None = None) -> list[StoredRule]:
-        """All rules, or those that can apply to ``tenant``, sorted by id."""
-        return await self.admin.list_rules(tenant)
+    async def list_rules(
+        self, tenant: str | None = None, *, page_size: int = 0, page_token: str = ""
+    ) -> RulePage:
+        """A page of the rules (or of those that can apply to ``tenant``), in id order."""
+        return await self.admin.list_rules(tenant, page_size=page_size, page_token=page_token)
 
     async def delete_rule(
         self, rule_id: str, *, actor: str, expected_revision: int | None = None, reason: str = ""

@@ -10,6 +10,7 @@ nothing here talks to Redis.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from mc_limiter.throttle import scale
 
 MAX_ID_LENGTH = 256
 MAX_KEY_LENGTH = 1024
+FORGET_CHUNK = 2048  # cached plans looked at between yields when a change is applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,15 +165,32 @@ class Planner:
         return self._snapshot
 
     def apply(self, snapshot: ConfigSnapshot) -> None:
-        """Plan from ``snapshot`` from now on."""
+        """Plan from ``snapshot`` from now on (a full reload: every cached plan goes)."""
         self._snapshot = snapshot
         self._plans.clear()
         self._override_plans.clear()
 
     def invalidate(self) -> None:
-        """Forget every cached plan (shards or configuration changed)."""
+        """Forget every cached plan (shards or the global shadow switch changed)."""
         self._plans.clear()
         self._override_plans.clear()
+
+    async def forget(self, affected: Callable[[str, str, str], bool]) -> None:
+        """Forget the cached plans of the ``(tenant, token, key)`` that ``affected`` names,
+        ``FORGET_CHUNK`` at a time with a yield to the event loop in between. Plans made
+        meanwhile already see the change (the snapshot was changed first)."""
+        plans = self._plans
+        keys = list(plans)
+        for at in range(0, len(keys), FORGET_CHUNK):
+            for cache_key in keys[at : at + FORGET_CHUNK]:
+                if cache_key in plans and affected(*cache_key):
+                    del plans[cache_key]
+            if at + FORGET_CHUNK < len(keys):
+                await asyncio.sleep(0)
+
+    def cached(self, tenant: str, token: str, key: str) -> Plan | None:
+        """The cached plan of a key, if any (for tests and diagnostics; no LRU touch)."""
+        return self._plans.get((tenant, token, key))
 
     def resolve(self, request: CheckRequest, unmatched: UnmatchedPolicy) -> Resolved:
         if request.override is None:

@@ -16,11 +16,11 @@ Matchers are glob patterns (``*`` any run, ``?`` one character; ``*`` alone matc
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from fnmatch import translate
-from functools import lru_cache
 from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -119,7 +119,10 @@ class Limit(BaseModel):
 
 
 class Matcher(BaseModel):
-    """Glob patterns on the request's tenant, token and key (``*`` matches anything)."""
+    """Glob patterns on the request's tenant, token and key (``*`` matches anything).
+
+    Checks find rules through ``rule_index.RuleIndex``; these methods serve administration
+    (listing, invalidating cached plans) and compile each pattern once per matcher."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -128,15 +131,31 @@ class Matcher(BaseModel):
     key: Pattern = "*"
 
     def matches(self, tenant: str, token: str, key: str) -> bool:
-        return _glob(self.tenant, tenant) and _glob(self.token, token) and _glob(self.key, key)
+        t = self._compiled()
+        return t[0](tenant) and t[1](token) and t[2](key)
 
     def matches_tenant(self, tenant: str) -> bool:
-        return _glob(self.tenant, tenant)
+        return self._compiled()[0](tenant)
 
     @property
     def literal_tenant(self) -> str | None:
         """The tenant if the pattern has no wildcard (used to index rules by tenant)."""
         return None if _is_glob(self.tenant) else self.tenant
+
+    def predicate(self) -> Callable[[str, str, str], bool]:
+        """``matches`` with the patterns compiled now, for testing many requests."""
+        t, o, k = self._compiled()
+        return lambda tenant, token, key: t(tenant) and o(token) and k(key)
+
+    def _compiled(self) -> tuple[_Test, _Test, _Test]:
+        tests = _MATCHER_TESTS.get(self)
+        if tests is None:
+            tests = _MATCHER_TESTS[self] = (
+                _test(self.tenant),
+                _test(self.token),
+                _test(self.key),
+            )
+        return tests
 
 
 class Rule(BaseModel):
@@ -217,14 +236,28 @@ def _is_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")
 
 
-def _glob(pattern: str, value: str) -> bool:
+_Test = Callable[[str], bool]
+# Compiled tests of the matchers alive (equal matchers share theirs); no size cliff.
+_MATCHER_TESTS: weakref.WeakKeyDictionary[Matcher, tuple[_Test, _Test, _Test]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _test(pattern: str) -> _Test:
+    """A predicate for one glob: constant for ``*``, equality without wildcards, else the
+    compiled fnmatch expression."""
     if pattern == "*":
-        return True
+        return _always
     if not _is_glob(pattern):
-        return pattern == value
-    return _compiled(pattern).match(value) is not None
+        return pattern.__eq__
+    head, tail = pattern[:-1], pattern[1:]
+    if pattern.endswith("*") and not _is_glob(head):
+        return lambda value: value.startswith(head)
+    if pattern.startswith("*") and not _is_glob(tail):
+        return lambda value: value.endswith(tail)
+    regex = re.compile(translate(pattern))
+    return lambda value: regex.match(value) is not None
 
 
-@lru_cache(maxsize=4096)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(translate(pattern))
+def _always(_: str) -> bool:
+    return True

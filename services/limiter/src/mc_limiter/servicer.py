@@ -103,8 +103,13 @@ class LimiterServicer(svc_grpc.LimiterServiceServicer):
         return svc.GetRuleResponse(rule=convert.rule_to_proto(stored))
 
     async def ListRules(self, request: svc.ListRulesRequest, context: Ctx) -> svc.ListRulesResponse:
-        rules = await self._limiter.list_rules(request.tenant or None)
-        return svc.ListRulesResponse(rules=[convert.rule_to_proto(r) for r in rules])
+        page = await self._limiter.list_rules(
+            request.tenant or None, page_size=request.page_size, page_token=request.page_token
+        )
+        return svc.ListRulesResponse(
+            rules=[convert.rule_to_proto(r) for r in page.rules],
+            next_page_token=page.next_page_token,
+        )
 
     async def DeleteRule(
         self, request: svc.DeleteRuleRequest, context: Ctx

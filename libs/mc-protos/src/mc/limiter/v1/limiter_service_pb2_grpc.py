@@ -134,7 +134,7 @@ class LimiterServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListRules(self, request, context):
-        """ListRules lists every rule.
+        """ListRules lists the rules, a page at a time.
         NOTE: this is an operator RPC; it needs an operator principal.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -52,7 +52,7 @@ class LimiterServiceStub:
     NOTE: this is an operator RPC; it needs an operator principal.
     """
     ListRules: _grpc.UnaryUnaryMultiCallable[_limiter_service_pb2.ListRulesRequest, _limiter_service_pb2.ListRulesResponse]
-    """ListRules lists every rule.
+    """ListRules lists the rules, a page at a time.
     NOTE: this is an operator RPC; it needs an operator principal.
     """
     DeleteRule: _grpc.UnaryUnaryMultiCallable[_limiter_service_pb2.DeleteRuleRequest, _limiter_service_pb2.DeleteRuleResponse]
@@ -96,7 +96,7 @@ class LimiterServiceAsyncStub(LimiterServiceStub):
     NOTE: this is an operator RPC; it needs an operator principal.
     """
     ListRules: _aio.UnaryUnaryMultiCallable[_limiter_service_pb2.ListRulesRequest, _limiter_service_pb2.ListRulesResponse]  # type: ignore[assignment]
-    """ListRules lists every rule.
+    """ListRules lists the rules, a page at a time.
     NOTE: this is an operator RPC; it needs an operator principal.
     """
     DeleteRule: _aio.UnaryUnaryMultiCallable[_limiter_service_pb2.DeleteRuleRequest, _limiter_service_pb2.DeleteRuleResponse]  # type: ignore[assignment]
@@ -173,7 +173,7 @@ class LimiterServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _limiter_service_pb2.ListRulesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_limiter_service_pb2.ListRulesResponse, _abc.Awaitable[_limiter_service_pb2.ListRulesResponse]]:
-        """ListRules lists every rule.
+        """ListRules lists the rules, a page at a time.
         NOTE: this is an operator RPC; it needs an operator principal.
         """
 
