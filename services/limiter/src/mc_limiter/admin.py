@@ -10,15 +10,13 @@ forgetting only the cached plans they affect (docs/adr/0016-incremental-rule-wri
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mc_common.errors import InvalidArgument, Unavailable
+from mc_common.pagetokens import PageTokens
 from mc_limiter.audit import AuditEvent, AuditSink
 from mc_limiter.planning import Planner
 from mc_limiter.rules import Matcher, Rule, StoredRule, parse_rule
@@ -46,8 +44,15 @@ class Administration:
     """Operator calls on the configuration in ``store``; ``planner`` plans from the snapshot
     this loads. Every write needs an ``actor`` and emits an ``AuditEvent`` to ``audit``."""
 
-    def __init__(self, store: RuleStore, planner: Planner, audit: AuditSink) -> None:
+    def __init__(
+        self,
+        store: RuleStore,
+        planner: Planner,
+        audit: AuditSink,
+        page_tokens: PageTokens | None = None,
+    ) -> None:
         self.store = store
+        self._tokens = page_tokens
         self._planner = planner
         self._audit = audit
         self._lock = asyncio.Lock()  # one catch-up (or reload) at a time
@@ -178,10 +183,26 @@ class Administration:
         if page_size < 0:
             raise InvalidArgument.field("page_size", "must not be negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = open_page_token(page_token, tenant)
+        tokens = await self._page_tokens()
+        binding: dict[str, Any] = {
+            "tenant": "",
+            "listing": "limiter.rules",
+            "filters": {"tenant": tenant or ""},
+        }
+        position = tokens.open(page_token, **binding)
+        after = position[0] if position and isinstance(position[0], str) else ""
         await self._catch_up_quietly()
         rules, last = self._planner.snapshot.page(tenant, after, size, MAX_PAGE_SCAN)
-        return RulePage(rules, issue_page_token(last, tenant) if last is not None else "")
+        token = tokens.issue([last], **binding) if last is not None else ""
+        return RulePage(rules, token)
+
+    async def _page_tokens(self) -> PageTokens:
+        """``mc_common`` page tokens with the configured keys, else with a key the replicas
+        share through the config store (made once, on first use)."""
+        if self._tokens is None:
+            key = await _admin(self.store.page_token_key())
+            self._tokens = PageTokens([key])
+        return self._tokens
 
     async def delete_rule(
         self, rule_id: str, *, actor: str, expected_revision: int | None = None, reason: str = ""
@@ -264,30 +285,6 @@ def _affected(matchers: list[Matcher], tenants: set[str]) -> Callable[[str, str,
         return tenant in tenants or any(test(tenant, token, key) for test in tests)
 
     return affected
-
-
-# Page tokens: the id to continue after, bound to the tenant filter. A position only says
-# where a listing of public rule ids resumes, so it needs no secret; when mc_common's
-# authenticated page tokens land, these two functions switch to them.
-def issue_page_token(after: str, tenant: str | None) -> str:
-    body = json.dumps([after, tenant or ""], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(body).decode().rstrip("=")
-
-
-def open_page_token(token: str, tenant: str | None) -> str:
-    """The rule id a page starts after ("" for the first page); ``InvalidArgument`` for a
-    token that is malformed or was issued for another tenant filter."""
-    if not token:
-        return ""
-    try:
-        after, bound = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, TypeError, binascii.Error):
-        after, bound = None, None
-    if not isinstance(after, str) or not isinstance(bound, str) or bound != (tenant or ""):
-        raise InvalidArgument.field(
-            "page_token", "not a page token of this listing (bound to the tenant filter)"
-        )
-    return after
 
 
 def _require_actor(actor: str) -> None:

@@ -88,6 +88,7 @@ class LimiterApp:
             metrics=LimiterMetrics(registry),
             audit_sink=audit,
             deny_sink=denies,
+            page_tokens=settings.page_tokens(),
         )
         fairshare_client = Redis.from_url(
             settings.config_redis_url or next(iter(settings.shard_urls().values()))

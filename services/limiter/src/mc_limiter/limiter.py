@@ -22,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from mc_common.errors import MCError
+from mc_common.pagetokens import PageTokens
 from mc_limiter.admin import Administration, RulePage
 from mc_limiter.audit import AuditEvent, AuditSink, NullAuditSink
 from mc_limiter.decisions import CheckRequest, Decision
@@ -76,6 +77,7 @@ class Limiter:
         audit_sink: AuditSink | None = None,
         deny_sink: DenySink | None = None,
         rng: random.Random | None = None,
+        page_tokens: PageTokens | None = None,
     ) -> None:
         self.options = options or LimiterOptions()
         self.router = ShardRouter(shards, vnodes=self.options.vnodes)
@@ -111,6 +113,7 @@ class Limiter:
             RuleStore(config or self.router.shards[0].client, self.options.key_prefix),
             self.planner,
             audit_sink or NullAuditSink(),
+            page_tokens,
         )
         self._refresh = Periodic(
             "limiter-config", self.options.config_refresh_ms / 1000, self.admin.refresh_once

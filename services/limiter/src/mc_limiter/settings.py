@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from mc_common.config import ServiceSettings
+from mc_common.pagetokens import PageTokens
 
 
 class PeerRegion(BaseModel):
@@ -65,6 +66,11 @@ class LimiterSettings(ServiceSettings):
     fairshare_timeout_ms: int = Field(
         1_000, ge=1, description="Bound on every fair-share Redis call (then UNAVAILABLE)."
     )
+    page_token_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="HMAC keys of ListRules page tokens (16+ bytes each): the first signs, all "
+        "verify. Unset: a random key kept in the config Redis, shared by the replicas.",
+    )
     envoy_tenant_entry: str = Field(
         "tenant", description="Envoy descriptor entry whose value is the MC tenant."
     )
@@ -103,3 +109,9 @@ class LimiterSettings(ServiceSettings):
             else:
                 out[f"shard-{index}"] = item
         return out
+
+    def page_tokens(self) -> PageTokens | None:
+        """ListRules page tokens with the configured keys (None: the store's shared key)."""
+        if not self.page_token_keys:
+            return None
+        return PageTokens([k.get_secret_value().encode() for k in self.page_token_keys])

@@ -20,6 +20,7 @@ import bisect
 import gc
 import json
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from enum import StrEnum
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from mc_limiter.errors import RevisionMismatchError, RuleNotFoundError
 from mc_limiter.rule_index import RuleIndex
@@ -240,6 +242,7 @@ class RuleStore:
         self._flags = f"{base}:flags"
         self._version = f"{base}:version"
         self._changes = f"{base}:changes"
+        self._token_key = f"{base}:page-token-key"
         self._max = changelog_max
         # The version made by this store's latest rule write (set before the write returns,
         # so read it right after awaiting the write).
@@ -308,6 +311,15 @@ class RuleStore:
             ["1" if enabled else "0", self._max],
         )
         return bool(previous == b"1")
+
+    async def page_token_key(self) -> bytes:
+        """The HMAC key of ListRules page tokens that replicas without configured keys share
+        (32 random bytes, created by whichever replica asks first)."""
+        await self._r.set(self._token_key, secrets.token_bytes(32), nx=True)
+        key = await self._r.get(self._token_key)
+        if not isinstance(key, bytes):  # deleted in between: the next call makes a new one
+            raise RedisConnectionError("page token key vanished")
+        return key
 
     async def changes_since(self, version: int, limit: int = 64) -> list[Change] | None:
         """The writes after ``version`` (at most ``limit``, oldest first) with the state each
