@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fnmatch import translate
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from mc_limiter.rules import Rule
 
@@ -111,7 +111,7 @@ class _Anchored(Generic[_V]):
 
     def remove(self, entry: _Entry[_V]) -> None:
         bucket = self.by_anchor[entry.anchor]
-        bucket.remove(entry)
+        _remove_identical(bucket, entry)
         if not bucket:
             del self.by_anchor[entry.anchor]
         size = len(entry.anchor)
@@ -139,8 +139,9 @@ class GlobIndex(Generic[_V]):
     def __init__(self, make: Callable[[], _V]) -> None:
         self._make = make
         self._entries: dict[str, _Entry[_V]] = {}
-        self._exact: dict[str, _V] = {}
-        self._star: _V | None = None
+        # Lists: distinct patterns can file under one anchor ("*" and "**").
+        self._exact: dict[str, list[_V]] = {}
+        self._star: list[_V] = []
         self._prefix: _Anchored[_V] = _Anchored()
         self._suffix: _Anchored[_V] = _Anchored()
         self._ngram: _Anchored[_V] = _Anchored()
@@ -165,9 +166,12 @@ class GlobIndex(Generic[_V]):
     def remove(self, pattern: str) -> None:
         entry = self._entries.pop(pattern)
         if entry.bucket == "exact":
-            del self._exact[entry.anchor]
+            values = self._exact[entry.anchor]
+            _remove_identical(values, entry.value)
+            if not values:
+                del self._exact[entry.anchor]
         elif entry.bucket == "star":
-            self._star = None
+            _remove_identical(self._star, entry.value)
         elif entry.bucket == "prefix":
             self._prefix.remove(entry)
         elif entry.bucket == "suffix":
@@ -175,13 +179,13 @@ class GlobIndex(Generic[_V]):
         elif entry.bucket == "ngram":
             self._ngram.remove(entry)
         else:
-            self._residual.remove(entry)
+            _remove_identical(self._residual, entry)
 
     def _place(self, entry: _Entry[_V]) -> None:
         if entry.bucket == "exact":
-            self._exact[entry.anchor] = entry.value
+            self._exact.setdefault(entry.anchor, []).append(entry.value)
         elif entry.bucket == "star":
-            self._star = entry.value
+            self._star.append(entry.value)
         elif entry.bucket == "prefix":
             self._prefix.add(entry)
         elif entry.bucket == "suffix":
@@ -192,11 +196,10 @@ class GlobIndex(Generic[_V]):
             self._residual.append(entry)
 
     def matching(self, value: str) -> Iterator[_V]:
-        if self._star is not None:
-            yield self._star
+        yield from self._star
         exact = self._exact.get(value)
         if exact is not None:
-            yield exact
+            yield from exact
         size = len(value)
         prefix = self._prefix
         for n in prefix.lengths:
@@ -227,6 +230,15 @@ class GlobIndex(Generic[_V]):
         for entry in self._residual:
             if entry.regex is not None and entry.regex.match(value):
                 yield entry.value
+
+
+def _remove_identical(items: list[Any], item: object) -> None:
+    """Remove ``item`` itself (not an equal one: empty leaves compare equal)."""
+    for at, candidate in enumerate(items):
+        if candidate is item:
+            del items[at]
+            return
+    raise ValueError("not in the index")
 
 
 def _file(pattern: str, value: _V) -> _Entry[_V]:
