@@ -7,6 +7,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common.server import RunningServer, start_server
@@ -23,8 +25,26 @@ def service_key(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def pql_settings(pg_dsn: str, service_key: Path) -> PqlSettings:
-    return PqlSettings(postgres_dsn=pg_dsn, signing_key_path=service_key, pool_max_size=4)
+def checkpoint_key(tmp_path: Path) -> Path:
+    path = tmp_path / "checkpoint-key.pem"
+    path.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def pql_settings(pg_dsn: str, service_key: Path, checkpoint_key: Path) -> PqlSettings:
+    return PqlSettings(
+        postgres_dsn=pg_dsn,
+        signing_key_path=service_key,
+        checkpoint_key_path=checkpoint_key,
+        pool_max_size=4,
+    )
 
 
 @pytest.fixture

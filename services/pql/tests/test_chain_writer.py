@@ -77,6 +77,11 @@ async def test_append_waits_for_the_tenant_lock_and_sees_the_moved_head(
                 "envelope, signer_key_id) VALUES ('acme', 2, %s, %s, 'x', '\\x00', 'k')",
                 ("ef" * 32, stored.row.digest),
             )
+            await holder.execute(  # heads are read from the log, appended in the same commit
+                "INSERT INTO receipt_log (tenant, sequence, digest, nodes) "
+                "VALUES ('acme', 2, %s, %s)",
+                ("ef" * 32, bytes(64)),
+            )
             await holder.commit()
             moved = await waiting
     assert moved == {"acme": (2, "ef" * 32)}  # and nothing of ours was inserted:

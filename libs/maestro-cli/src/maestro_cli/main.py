@@ -1,4 +1,5 @@
-"""The `maestro` command line: `dev up` runs the local fleet; `receipts verify` checks a chain."""
+"""The `maestro` command line: `dev up` runs the local fleet; `receipts ...` verifies receipt
+logs, exports keys and receipts, and runs a witness."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import signal
 import sys
 import threading
 from pathlib import Path
-
-import grpc
 
 from maestro_cli import pql
 from maestro_cli.fleet import Fleet, read_endpoint
@@ -39,34 +38,57 @@ def _dev_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _receipts_verify(args: argparse.Namespace) -> int:
-    from mc.pql.v1 import provenance_service_pb2 as svc
-    from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
+def _pql_address(args: argparse.Namespace) -> str:
+    return str(args.address or read_endpoint(Path(args.data_dir), "pql") or "127.0.0.1:7301")
 
-    address = args.address or read_endpoint(Path(args.data_dir), "pql") or "127.0.0.1:7301"
-    with grpc.insecure_channel(address) as channel:
-        stub = svc_grpc.ProvenanceServiceStub(channel)
-        try:
-            reply = stub.VerifyChain(
-                svc.VerifyChainRequest(), metadata=(("x-mc-tenant", args.tenant),), timeout=120
-            )
-        except grpc.RpcError as exc:
-            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-            return EXIT_ERROR
-    if reply.verification.valid:
-        print(
-            f"chain of {args.tenant} is intact: {reply.receipts_checked} receipts, "
-            f"head {reply.head_digest or '(empty)'}"
+
+def _receipts_verify(args: argparse.Namespace) -> int:
+    from maestro_cli import receipts
+
+    if args.offline:
+        return receipts.verify_offline(args)
+    return receipts.verify_log(args, _pql_address(args))
+
+
+def _receipts_keys(args: argparse.Namespace) -> int:
+    from maestro_cli import receipts
+
+    return receipts.export_keys(args, _pql_address(args))
+
+
+def _receipts_export(args: argparse.Namespace) -> int:
+    from maestro_cli import receipts
+
+    return receipts.export_receipts(args, _pql_address(args))
+
+
+def _receipts_witness(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from maestro_cli.witness import Witness, run_witness
+    from mc_common.receipts.note import COSIGNATURE_V1, NoteSigner, NoteVerifier
+
+    signer = NoteSigner.from_pem(args.name, Path(args.key).read_bytes(), sig_type=COSIGNATURE_V1)
+    state = Path(args.state or Path(args.data_dir) / "witness" / "state.json")
+    witness = Witness(NoteVerifier.parse(args.log_key), signer, state, lambda *_: [])
+    print(f"witness {signer.verifier.vkey()} watching {args.topic}", flush=True)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await run_witness(
+            witness,
+            bootstrap=args.bootstrap,
+            address=_pql_address(args),
+            topic=args.topic,
+            cosigned_topic=args.cosigned_topic,
+            group_id=args.group,
+            stop=stop,
         )
-        return EXIT_OK
-    print(
-        f"chain of {args.tenant} is BROKEN from sequence {reply.first_broken_sequence} "
-        f"({reply.receipts_checked} receipts read):"
-    )
-    for failure in reply.verification.failures:
-        where = f"#{failure.sequence} " if failure.sequence else ""
-        print(f"  {where}{failure.code}: {failure.message}")
-    return EXIT_BROKEN
+
+    asyncio.run(run())
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,15 +106,66 @@ def build_parser() -> argparse.ArgumentParser:
     receipts = commands.add_parser("receipts", help="execution receipts").add_subparsers(
         dest="receipts_command", required=True
     )
-    verify = receipts.add_parser("verify", help="verify a tenant's receipt chain")
-    verify.add_argument("--tenant", required=True)
-    verify.add_argument(
-        "--address",
-        default=os.environ.get("MC_PQL_ADDRESS"),
-        help="provenance service address (env MC_PQL_ADDRESS; default: the running dev fleet's)",
+
+    def pql_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--address",
+            default=os.environ.get("MC_PQL_ADDRESS"),
+            help="provenance service address (env MC_PQL_ADDRESS; default: the dev fleet's)",
+        )
+        command.add_argument("--data-dir", default=os.environ.get("MC_DEV_DATA_DIR", "var/dev"))
+
+    verify = receipts.add_parser(
+        "verify",
+        help="verify a tenant's receipt log: consistency with the last checkpoint seen, then "
+        "an audit of the receipts since (exit 0 intact, 1 broken, 2 cannot ask)",
     )
-    verify.add_argument("--data-dir", default=os.environ.get("MC_DEV_DATA_DIR", "var/dev"))
+    verify.add_argument("--tenant", required=True)
+    pql_options(verify)
+    verify.add_argument(
+        "--checkpoint",
+        help="file holding the last checkpoint accepted (default: <data-dir>/receipts/<tenant>"
+        ".checkpoint); updated when the new one verifies",
+    )
+    verify.add_argument(
+        "--checkpoint-key",
+        help="the log's C2SP verifier key (default: pinned on first use in the data dir)",
+    )
+    verify.add_argument("--full", action="store_true", help="audit every receipt, not only new")
+    verify.add_argument(
+        "--offline", metavar="DIR", help="verify an export (maestro receipts export) offline"
+    )
     verify.set_defaults(func=_receipts_verify)
+
+    keys = receipts.add_parser("keys", help="export the published verification keys (JSON)")
+    keys.add_argument("--tenant", required=True)
+    keys.add_argument("--out", required=True)
+    pql_options(keys)
+    keys.set_defaults(func=_receipts_keys)
+
+    export = receipts.add_parser(
+        "export", help="export a tenant's receipts, checkpoint and keys for offline verification"
+    )
+    export.add_argument("--tenant", required=True)
+    export.add_argument("--out", required=True, metavar="DIR")
+    pql_options(export)
+    export.set_defaults(func=_receipts_export)
+
+    witness = receipts.add_parser(
+        "witness", help="co-sign consistent checkpoints from Kafka; refuse forks"
+    )
+    witness.add_argument("--key", required=True, help="PEM Ed25519 private key of the witness")
+    witness.add_argument("--name", default="witness.maestro-conductor.dev/w1")
+    witness.add_argument("--log-key", required=True, help="the log's C2SP verifier key")
+    witness.add_argument(
+        "--bootstrap", default=os.environ.get("MC_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    )
+    witness.add_argument("--topic", default="mc.receipts.checkpoints")
+    witness.add_argument("--cosigned-topic", default="mc.receipts.checkpoints.cosigned")
+    witness.add_argument("--group", default="maestro-witness")
+    witness.add_argument("--state", help="state file (default: <data-dir>/witness/state.json)")
+    pql_options(witness)
+    witness.set_defaults(func=_receipts_witness)
 
     pql.add_commands(commands)
     return parser

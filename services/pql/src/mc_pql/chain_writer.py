@@ -15,7 +15,7 @@ import asyncio
 import functools
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -25,6 +25,7 @@ from pydantic_core import to_json
 from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import FieldViolation, InvalidArgument
 from mc_common.receipts import ChainLink, ReceiptBody, Subject, build_receipt, sign_receipt
+from mc_common.receipts.merkle import completed_nodes, extend_frontier, fold, leaf_hash
 from mc_common.signing import Signer
 from mc_pql.chain_store import ChainAppender, ChainHead
 from mc_pql.limits import MAX_RECEIPT_REPLY_BYTES, MAX_REPLY_BYTES, receipt_reply_bytes
@@ -60,16 +61,35 @@ class _Pending:
     refused: InvalidArgument | None = None  # set when signing found the reply too large
 
 
-class ChainWriter:
-    """Appends receipts to tenants' chains in order, group-committing concurrent callers."""
+LogHeadListener = Callable[[str, int, bytes], None]
+"""Told (tenant, tree size, root hash) after each committed append (see `mc_pql.checkpoints`)."""
 
-    def __init__(self, store: ProvenanceStore, signer: Signer, *, max_batch: int = 256) -> None:
+
+class ChainWriter:
+    """Appends receipts to tenants' chains in order, group-committing concurrent callers.
+
+    Each receipt also becomes the next leaf of its tenant's Merkle log: the writer keeps each
+    tenant's frontier (compact range) beside its head and stores, with the receipt and in the
+    same statement, the leaf hash and the full subtrees it completes.
+    """
+
+    def __init__(
+        self,
+        store: ProvenanceStore,
+        signer: Signer,
+        *,
+        max_batch: int = 256,
+        on_appended: LogHeadListener | None = None,
+    ) -> None:
         self._store = store
         self._signer = signer
         self._max_batch = max_batch
+        self._on_appended = on_appended
         self._queue: deque[_Pending] = deque()
         self._task: asyncio.Task[None] | None = None
         self._heads: dict[str, ChainHead] = {}  # as this writer's last append left them
+        self._frontiers: dict[str, list[bytes]] = {}  # each tenant's log frontier at its head
+        self._signed_frontiers: dict[str, list[bytes]] = {}  # after the rows being appended
         self._contended: dict[str, float] = {}  # tenant -> until when it is appended locked
 
     async def append(self, tenant: str, items: list[PreparedReceipt]) -> list[StoredReceipt]:
@@ -102,6 +122,7 @@ class ChainWriter:
         except Exception as exc:
             for tenant in group:
                 self._heads.pop(tenant, None)  # the append may or may not have committed
+                self._frontiers.pop(tenant, None)
             if _refused_rows(exc) and sum(len(p) for p in group.values()) > 1:
                 return await self._isolate(appender, group)
             for pendings in group.values():  # every caller of the round sees the failure
@@ -130,6 +151,7 @@ class ChainWriter:
                     await self._append(appender, {tenant: [pending]})
                 except Exception as exc:
                     self._heads.pop(tenant, None)
+                    self._frontiers.pop(tenant, None)
                     healthy = _refused_rows(exc)
                     _fail(pending, exc)
                 else:
@@ -137,19 +159,22 @@ class ChainWriter:
         return healthy
 
     async def _append(self, appender: ChainAppender, group: dict[str, list[_Pending]]) -> None:
-        heads = self._heads
-        unknown = [tenant for tenant in group if tenant not in heads]
+        heads, frontiers = self._heads, self._frontiers
+        unknown = [tenant for tenant in group if tenant not in heads or tenant not in frontiers]
         if unknown:
             if len(heads) + len(unknown) > MAX_CACHED_HEADS:
                 heads.clear()
+                frontiers.clear()
                 unknown = list(group)
-            heads.update(await appender.heads(unknown))
+            read = await appender.heads(unknown)
+            frontiers.update(await appender.frontiers(read))
+            heads.update(read)
         recorded = datetime.now(UTC)
         expected = {tenant: heads[tenant] for tenant in group}
         now = time.monotonic()
         rows: Sequence[ReceiptRow] | None = None
         if all(self._contended.get(tenant, 0.0) < now for tenant in group):
-            rows = self._sign_all(group, expected, recorded)
+            rows = self._sign_all(group, expected, frontiers, recorded)
             moved = await appender.append(expected, rows)
             if moved:  # another writer appended meanwhile
                 self._contend(moved, now)
@@ -157,10 +182,18 @@ class ChainWriter:
                 rows = None
         if rows is None:
             rows = await appender.append_locked(
-                expected, functools.partial(self._sign_locked, group, expected, recorded, now)
+                expected,
+                functools.partial(self._sign_locked, group, expected, recorded, now),
+                lambda tenant, head: heads.get(tenant) == head and tenant in frontiers,
             )
         for row in rows:
             heads[row.tenant] = (row.sequence, row.digest)
+        for tenant in group:
+            frontier = self._signed_frontiers.pop(tenant)
+            frontiers[tenant] = frontier
+            head = heads[tenant]
+            if self._on_appended is not None and head is not None:
+                self._on_appended(tenant, head[0], fold(frontier))
 
     def _sign_locked(
         self,
@@ -169,9 +202,10 @@ class ChainWriter:
         at: datetime,
         now: float,
         heads: Mapping[str, ChainHead],
+        read_frontiers: Mapping[str, list[bytes]],
     ) -> list[ReceiptRow]:
         self._contend((t for t in group if heads[t] != expected[t]), now)
-        return self._sign_all(group, heads, at)
+        return self._sign_all(group, heads, {**self._frontiers, **read_frontiers}, at)
 
     def _contend(self, tenants: Iterable[str], now: float) -> None:
         """Append to `tenants` under their locks for a while: other writers append to them."""
@@ -181,16 +215,25 @@ class ChainWriter:
             self._contended = {t: u for t, u in self._contended.items() if u > now}
 
     def _sign_all(
-        self, group: dict[str, list[_Pending]], heads: Mapping[str, ChainHead], at: datetime
+        self,
+        group: dict[str, list[_Pending]],
+        heads: Mapping[str, ChainHead],
+        frontiers: Mapping[str, list[bytes]],
+        at: datetime,
     ) -> list[ReceiptRow]:
         return [
             row
             for tenant, pendings in group.items()
-            for row in self._sign(tenant, heads[tenant], pendings, at)
+            for row in self._sign(tenant, heads[tenant], frontiers[tenant], pendings, at)
         ]
 
     def _sign(
-        self, tenant: str, head: ChainHead, group: list[_Pending], recorded: datetime
+        self,
+        tenant: str,
+        head: ChainHead,
+        frontier: list[bytes],
+        group: list[_Pending],
+        recorded: datetime,
     ) -> list[ReceiptRow]:
         previous = None if head is None else ChainLink(tenant, head[0], head[1])
         key_id = self._signer.key_id
@@ -198,10 +241,14 @@ class ChainWriter:
         for pending in group:
             pending.signed = []  # signing again starts over
             pending.refused = None
-            start, first_row = previous, len(rows)
+            start, first_row, start_frontier = previous, len(rows), frontier
             for item in pending.items:
                 statement = build_receipt(item.body, previous, subjects=item.subjects)
                 signed = sign_receipt(statement, self._signer)
+                index = signed.link.sequence - 1
+                leaf = leaf_hash(bytes.fromhex(signed.link.digest))
+                nodes = completed_nodes(index, leaf, frontier)
+                frontier = extend_frontier(index, frontier, leaf)
                 row = ReceiptRow(
                     tenant=tenant,
                     sequence=signed.link.sequence,
@@ -214,6 +261,7 @@ class ChainWriter:
                     client_envelope=item.client_envelope,
                     client_key_id=item.client_key_id,
                     recorded_at=recorded,
+                    log_nodes=b"".join(nodes),
                 )
                 rows.append(row)
                 pending.signed.append(StoredReceipt(row, statement, Verification()))
@@ -222,7 +270,8 @@ class ChainWriter:
             if pending.refused is not None:  # never stored: the reply could not be sent
                 del rows[first_row:]
                 pending.signed = []
-                previous = start
+                previous, frontier = start, start_frontier
+        self._signed_frontiers[tenant] = frontier
         return rows
 
 

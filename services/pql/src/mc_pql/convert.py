@@ -176,13 +176,20 @@ def receipt_to_proto(
         sequence=row.sequence,
         previous_digest=row.previous_digest,
         envelope=row.envelope,
-        signer_key_id=row.signer_key_id,
         client_envelope=row.client_envelope or b"",
-        client_key_id=row.client_key_id or "",
-        recorded_at=_ts(row.recorded_at),
         verification=verification_to_proto(stored.verification),
+        unverified=pb.ReceiptUnverified(
+            stored_at=_ts(row.recorded_at),
+            signer_key_id=row.signer_key_id,
+            client_key_id=row.client_key_id or "",
+        ),
     )
     if stored.statement is not None:
+        # Verified: the key ids were checked against the signatures (`Provenance._verified`),
+        # and the time is the signed one.
+        out.signer_key_id = row.signer_key_id
+        out.client_key_id = row.client_key_id or ""
+        out.recorded_at.FromJsonString(stored.statement.predicate.recorded_at)
         if request_content is None:
             out.content.CopyFrom(statement_to_content(stored.statement))
         else:

@@ -16,9 +16,23 @@ def dev_env(context: DevContext) -> Mapping[str, str]:
     key = context.data_dir / "pql-signing-key.pem"
     if not key.exists():
         PemSigner.generate().save(key)
+    checkpoint_key = context.data_dir / "pql-checkpoint-key.pem"
+    if not checkpoint_key.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        checkpoint_key.write_bytes(
+            Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        checkpoint_key.chmod(0o600)
     return {
         "POSTGRES_DSN": context.postgres_dsn,
         "SIGNING_KEY_PATH": str(key),
+        "CHECKPOINT_KEY_PATH": str(checkpoint_key),
         "KAFKA_BOOTSTRAP": context.kafka_bootstrap,
     }
 
@@ -31,7 +45,8 @@ MANIFEST = ServiceManifest(
     grpc_port=7301,
     metrics_port=9301,
     api="`mc.pql.v1.ProvenanceService`: record/get/list/verify receipts, executions, decisions; "
-    "`QueryService`: PQL queries, search, saved queries ([docs/pql.md](docs/pql.md))",
+    "`QueryService`: PQL queries, search, saved queries ([docs/pql.md](docs/pql.md)); "
+    "`ReceiptLogService`: checkpoints, proofs, audits, keys",
     needs=frozenset({Infra.POSTGRES, Infra.KAFKA}),
     dev_env=dev_env,
 )

@@ -56,6 +56,7 @@ class ReceiptRow:
     client_envelope: bytes | None
     client_key_id: str | None
     recorded_at: datetime
+    log_nodes: bytes = b""  # the Merkle nodes this leaf completes (set when appending)
 
 
 @dataclass(frozen=True, slots=True)

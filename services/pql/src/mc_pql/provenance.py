@@ -7,6 +7,7 @@ Nothing read from the database is trusted: each receipt is verified as it is rea
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -42,7 +43,7 @@ from mc_common.signing import (
     verify_envelope_detailed,
 )
 from mc_pql import rules
-from mc_pql.chain_writer import ChainWriter, PreparedReceipt
+from mc_pql.chain_writer import ChainWriter, LogHeadListener, PreparedReceipt
 from mc_pql.client_statement import (
     CLIENT_SUBJECT,
     ClientStatementError,
@@ -187,12 +188,13 @@ class Provenance:
         *,
         max_batch: int = 256,
         page_tokens: PageTokens | None = None,
+        on_appended: LogHeadListener | None = None,
     ) -> None:
         self._store = store
         self._signer = signer
         self._tokens = page_tokens or PageTokens([secrets.token_bytes(32)])
         self._service_keys = KeyRing([PublicKey.from_pem(signer.public_key_pem()), *trusted_keys])
-        self._writer = ChainWriter(store, signer, max_batch=max_batch)
+        self._writer = ChainWriter(store, signer, max_batch=max_batch, on_appended=on_appended)
 
     # -- executions --------------------------------------------------------------------------
 
@@ -354,8 +356,24 @@ class Provenance:
             )
         return Verification(tuple(failures))
 
+    @property
+    def service_keys(self) -> KeyRing:
+        """The keys receipts are signed with: the current one and the trusted earlier ones."""
+        return self._service_keys
+
+    async def tenant_keyring(self, tenant: str) -> KeyRing:
+        """Every key registered for `tenant` (revoked ones too: old receipts stay valid)."""
+        return await self._tenant_keyring(tenant)
+
+    async def receipt_rows(self, tenant: str, after: int, limit: int) -> list[ReceiptRow]:
+        """Up to `limit` stored rows of `tenant` after sequence `after`, unverified."""
+        return await self._store.list_receipts(tenant, after, limit)
+
     async def verify_chain(self, tenant: str) -> ChainVerification:
-        """Verify every receipt of `tenant` and every link between them, page by page."""
+        """Verify every receipt of `tenant` and every link between them, page by page.
+
+        Each page is verified in a worker thread, so the serving event loop stays free; for
+        large logs prefer the incremental, streaming audit of `mc_pql.log`."""
         service_keys = self._service_keys
         tenant_keys = await self._tenant_keyring(tenant)
         failures: list[Failure] = []
@@ -365,8 +383,12 @@ class Provenance:
             rows = await self._store.list_receipts(tenant, after_seq, CHAIN_PAGE)
             if not rows:
                 break
-            report = verify_chain(
-                [r.envelope for r in rows], service_keys, expected_tenant=tenant, after=anchor
+            report = await asyncio.to_thread(
+                verify_chain,
+                [r.envelope for r in rows],
+                service_keys,
+                expected_tenant=tenant,
+                after=anchor,
             )
             for problem in report.problems:
                 detail = "; ".join(f"{f.code}: {f.message}" for f in problem.receipt_failures)
@@ -379,7 +401,7 @@ class Provenance:
                 )
             for row, receipt_report in zip(rows, report.receipts, strict=True):
                 failures += _row_failures(row, receipt_report.parsed_statement)
-                failures += self._client_failures(row, receipt_report.parsed_statement, tenant_keys)
+                failures += self.client_failures(row, receipt_report.parsed_statement, tenant_keys)
             checked += len(rows)
             last = rows[-1]
             after_seq, head = last.sequence, last.digest
@@ -394,17 +416,38 @@ class Provenance:
         )
         failures = [Failure(str(f.code), f.message, row.sequence) for f in report.failures]
         failures += _row_failures(row, report.parsed_statement)
+        if report.ok and row.signer_key_id not in report.key_ids:
+            failures.append(
+                Failure(
+                    "ROW_MISMATCH",
+                    "stored columns differ from the signed receipt: signer_key_id",
+                    row.sequence,
+                )
+            )
         if tenant_keys is not None:
-            failures += self._client_failures(row, report.parsed_statement, tenant_keys)
+            failures += self.client_failures(row, report.parsed_statement, tenant_keys)
         verification = Verification(tuple(failures))
         statement = report.parsed_statement if verification.valid else None
         return StoredReceipt(row, statement, verification)
 
     @staticmethod
-    def _client_failures(
+    def client_failures(
         row: ReceiptRow, statement: ReceiptStatement | None, tenant_keys: KeyRing
     ) -> list[Failure]:
+        """The caller's signature checks of a caller-signed receipt (one whose statement names
+        an `mc:client-statement` subject, whatever the row's columns say)."""
+        attests_client = statement is not None and any(
+            s.name == CLIENT_SUBJECT for s in statement.subject
+        )
         if row.client_envelope is None:
+            if attests_client:
+                return [
+                    Failure(
+                        "CLIENT_ENVELOPE_MISSING",
+                        "the receipt attests a caller-signed statement that is not stored",
+                        row.sequence,
+                    )
+                ]
             return []
         try:
             verified = verify_envelope_detailed(
@@ -412,6 +455,14 @@ class Provenance:
             )
         except SignatureError as exc:
             return [Failure("CLIENT_SIGNATURE_INVALID", str(exc), row.sequence)]
+        if row.client_key_id not in verified.key_ids:
+            return [
+                Failure(
+                    "CLIENT_KEY_MISMATCH",
+                    "the stored client key id is not the key the caller's signature verifies with",
+                    row.sequence,
+                )
+            ]
         digest = sha256_hex(verified.payload)
         named = statement and any(
             s.name == CLIENT_SUBJECT and s.digest.get("sha256") == digest for s in statement.subject

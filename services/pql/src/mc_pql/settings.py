@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
@@ -35,6 +36,38 @@ class PqlSettings(ServiceSettings):
         description="HMAC keys of page tokens (16+ bytes each): the first signs, all verify, so "
         "rotate by prepending a new key. Unset: derived from the signing key, so replicas that "
         "share it accept each other's tokens.",
+    )
+    migration_dsn: str | None = Field(
+        None,
+        description="DSN of the schema owner, used only to apply migrations and grant the "
+        "runtime role; unset: migrations run over postgres_dsn (dev and tests only).",
+    )
+    runtime_role: str | None = Field(
+        None,
+        pattern=r"^[a-z_][a-z0-9_]*$",
+        description="The role postgres_dsn logs in as; after migrating, the owner grants it "
+        "USAGE on the schema and SELECT and INSERT on the tables (nothing else).",
+    )
+    checkpoint_key_path: Path | None = Field(
+        None,
+        description="PEM Ed25519 private key checkpoints are signed with. Unset: a new key "
+        "per start (logged as a warning), so earlier checkpoints stop verifying: dev only.",
+    )
+    checkpoint_key_name: str = Field(
+        "maestro-conductor.dev/pql",
+        pattern=r"^[^\s+]+$",
+        description="The checkpoint key's name; a tenant's log origin is '<name>/<tenant>'.",
+    )
+    checkpoint_interval_s: float = Field(
+        0.5, gt=0, le=1.0, description="How often active tenants' logs are checkpointed."
+    )
+    checkpoints_topic: str = Field(
+        "mc.receipts.checkpoints", description="Topic checkpoints are published to."
+    )
+    key_validity: dict[str, tuple[datetime | None, datetime | None]] = Field(
+        default_factory=dict,
+        description="JSON map of receipt key id -> [not_before, not_after] (RFC 3339 or null), "
+        "published with the keys (GetVerificationKeys).",
     )
     kafka_bootstrap: str | None = Field(
         None, description="Kafka bootstrap servers; unset disables the decisions consumer."

@@ -158,26 +158,25 @@ def verify_envelope_detailed(
     verified: list[str] = []
     unknown: list[str] = []
     for index, signature in enumerate(envelope.signatures):
-        if signature.keyid:
-            key = keyring.find(signature.keyid)
-            if key is None:
-                unknown.append(signature.keyid)
-                continue
+        key = keyring.find(signature.keyid) if signature.keyid else None
+        if key is not None:
             if not key.is_valid(message, signature.sig):
                 raise InvalidSignatureError(
                     f"signature {index} does not verify with key {signature.keyid}"
                 )
             verified.append(signature.keyid)
             continue
-        if len(keyring) == 0:
-            unknown.append("")
-            continue
+        # DSSE's keyid is an unauthenticated hint: a signature without one, or naming no key of
+        # the ring (a key id computed another way), is tried against every key of the ring.
         matching = [kid for kid, key in keyring.items() if key.is_valid(message, signature.sig)]
-        if not matching:
+        if matching:
+            verified.append(matching[0])
+        elif not signature.keyid and len(keyring):
             raise InvalidSignatureError(
                 f"signature {index} has no keyid and verifies with no registered key"
             )
-        verified.append(matching[0])
+        else:
+            unknown.append(signature.keyid)
     if not verified:
         raise UnknownKeyError(
             "no signature is from a registered key (key ids: "
@@ -224,7 +223,7 @@ def _check_object(
 
 
 def _b64decode(value: object, where: str) -> bytes:
-    """Decode standard or URL-safe padded base64 (DSSE allows either alphabet)."""
+    """Decode standard or URL-safe base64, padded or not (DSSE allows either alphabet)."""
     if not isinstance(value, str):
         raise EnvelopeFormatError(f"{where} must be a base64 string")
     text = value
@@ -232,6 +231,8 @@ def _b64decode(value: object, where: str) -> bytes:
         if "+" in text or "/" in text:
             raise EnvelopeFormatError(f"{where} mixes standard and URL-safe base64 alphabets")
         text = text.replace("-", "+").replace("_", "/")
+    if len(text) % 4 and not text.endswith("="):
+        text += "=" * (-len(text) % 4)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:

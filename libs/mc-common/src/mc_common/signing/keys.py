@@ -8,6 +8,7 @@ SPKI is exactly that (it is also what ``openssl pkey -pubin -outform DER | sha25
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Protocol, runtime_checkable
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from mc_common.signing.errors import InvalidSignatureError, KeyFormatError
 
@@ -123,6 +125,23 @@ class PublicKey:
         """Hex SHA-256 of the DER SubjectPublicKeyInfo."""
         return self._key_id
 
+    def jwk(self) -> dict[str, str]:
+        """The RFC 7517 JSON Web Key of this key (kid = key_id, alg ES256, use sig)."""
+        numbers = self._key.public_numbers()
+
+        def b64url(value: int) -> str:
+            return base64.urlsafe_b64encode(value.to_bytes(32, "big")).rstrip(b"=").decode()
+
+        return {
+            "kty": "EC",
+            "crv": "P-256",
+            "x": b64url(numbers.x),
+            "y": b64url(numbers.y),
+            "kid": self._key_id,
+            "alg": "ES256",
+            "use": "sig",
+        }
+
     def der(self) -> bytes:
         """The DER SubjectPublicKeyInfo."""
         return self._der
@@ -134,7 +153,20 @@ class PublicKey:
         )
 
     def verify(self, data: bytes, signature: bytes) -> None:
-        """Check a DER ECDSA-SHA256 signature over ``data``; raise ``InvalidSignatureError``."""
+        """Check an ECDSA-SHA256 signature over ``data``; raise ``InvalidSignatureError``.
+
+        The signature is ASN.1 DER (what DSSE, cosign and securesystemslib write) or, as some
+        signers (WebCrypto, JOSE) write it, the 64-byte IEEE P1363 form r || s.
+        """
+        if len(signature) == 64:  # never DER for P-256 in practice; try r || s first
+            raw = encode_dss_signature(
+                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            )
+            try:
+                self._key.verify(raw, data, _ECDSA_SHA256)
+                return
+            except InvalidSignature:
+                pass
         try:
             self._key.verify(signature, data, _ECDSA_SHA256)
         except (InvalidSignature, ValueError) as exc:

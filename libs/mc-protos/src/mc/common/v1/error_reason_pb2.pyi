@@ -70,6 +70,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_IDEMPOTENCY_KEY_REUSED: _ErrorReason.ValueType  # 122
     """ERROR_REASON_IDEMPOTENCY_KEY_REUSED is an idempotency key already used for another request."""
+    ERROR_REASON_LOG_TRUNCATED: _ErrorReason.ValueType  # 130
+    """ERROR_REASON_LOG_TRUNCATED is a tenant's receipt log that ends before a size the service
+    already signed a checkpoint for: rows were removed behind the service.
+    """
+    ERROR_REASON_LOG_CORRUPTED: _ErrorReason.ValueType  # 131
+    """ERROR_REASON_LOG_CORRUPTED is a tenant's receipt log that lacks a node it must hold."""
     ERROR_REASON_PQL_SYNTAX: _ErrorReason.ValueType  # 150
     """ERROR_REASON_PQL_SYNTAX is PQL text that does not parse; metadata has line and column."""
     ERROR_REASON_PQL_INVALID: _ErrorReason.ValueType  # 151
@@ -198,6 +204,12 @@ within the message limit; nothing was stored.
 """
 ERROR_REASON_IDEMPOTENCY_KEY_REUSED: ErrorReason.ValueType  # 122
 """ERROR_REASON_IDEMPOTENCY_KEY_REUSED is an idempotency key already used for another request."""
+ERROR_REASON_LOG_TRUNCATED: ErrorReason.ValueType  # 130
+"""ERROR_REASON_LOG_TRUNCATED is a tenant's receipt log that ends before a size the service
+already signed a checkpoint for: rows were removed behind the service.
+"""
+ERROR_REASON_LOG_CORRUPTED: ErrorReason.ValueType  # 131
+"""ERROR_REASON_LOG_CORRUPTED is a tenant's receipt log that lacks a node it must hold."""
 ERROR_REASON_PQL_SYNTAX: ErrorReason.ValueType  # 150
 """ERROR_REASON_PQL_SYNTAX is PQL text that does not parse; metadata has line and column."""
 ERROR_REASON_PQL_INVALID: ErrorReason.ValueType  # 151

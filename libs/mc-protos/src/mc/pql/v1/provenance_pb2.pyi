@@ -440,6 +440,7 @@ class Receipt(_message.Message):
     CLIENT_KEY_ID_FIELD_NUMBER: _builtins.int
     RECORDED_AT_FIELD_NUMBER: _builtins.int
     VERIFICATION_FIELD_NUMBER: _builtins.int
+    UNVERIFIED_FIELD_NUMBER: _builtins.int
     digest: _builtins.str
     """digest is the lower-case hex sha256 of the canonical in-toto statement; it is the receipt id."""
     tenant: _builtins.str
@@ -451,22 +452,32 @@ class Receipt(_message.Message):
     envelope: _builtins.bytes
     """envelope is the DSSE envelope (JSON) as stored, signed by the service."""
     signer_key_id: _builtins.str
-    """signer_key_id is the id of the service key that signed `envelope`."""
+    """signer_key_id is the id of the service key whose signature on `envelope` verified; empty
+    when the receipt did not verify (see `unverified`).
+    """
     client_envelope: _builtins.bytes
     """client_envelope is the caller-signed DSSE envelope, when the caller signed the content."""
     client_key_id: _builtins.str
-    """client_key_id is the id of the tenant key that signed `client_envelope`."""
+    """client_key_id is the id of the tenant key the caller's signature verified with; empty
+    when the receipt did not verify.
+    """
     @_builtins.property
     def content(self) -> Global___ReceiptContent:
         """content is the attested content, decoded from the signed statement."""
 
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
-        """recorded_at is when the service recorded the receipt."""
+        """recorded_at is when the service recorded the receipt, as signed in the statement
+        (`predicate.recorded_at`); unset when the receipt did not verify.
+        """
 
     @_builtins.property
     def verification(self) -> Global___VerificationStatus:
         """verification is the result of verifying the stored row when it was read."""
+
+    @_builtins.property
+    def unverified(self) -> Global___ReceiptUnverified:
+        """unverified carries stored columns that no signature covers, for diagnosis only."""
 
     def __init__(
         self,
@@ -482,14 +493,49 @@ class Receipt(_message.Message):
         client_key_id: _builtins.str = ...,
         recorded_at: _timestamp_pb2.Timestamp | None = ...,
         verification: Global___VerificationStatus | None = ...,
+        unverified: Global___ReceiptUnverified | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "recorded_at", b"recorded_at", "verification", b"verification"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "recorded_at", b"recorded_at", "unverified", b"unverified", "verification", b"verification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_envelope", b"client_envelope", "client_key_id", b"client_key_id", "content", b"content", "digest", b"digest", "envelope", b"envelope", "previous_digest", b"previous_digest", "recorded_at", b"recorded_at", "sequence", b"sequence", "signer_key_id", b"signer_key_id", "tenant", b"tenant", "verification", b"verification"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_envelope", b"client_envelope", "client_key_id", b"client_key_id", "content", b"content", "digest", b"digest", "envelope", b"envelope", "previous_digest", b"previous_digest", "recorded_at", b"recorded_at", "sequence", b"sequence", "signer_key_id", b"signer_key_id", "tenant", b"tenant", "unverified", b"unverified", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
+
+@_typing.final
+class ReceiptUnverified(_message.Message):
+    """ReceiptUnverified holds a receipt row's columns as stored. NOTE: nothing here is covered by a
+    signature or checked; never rely on it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORED_AT_FIELD_NUMBER: _builtins.int
+    SIGNER_KEY_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_KEY_ID_FIELD_NUMBER: _builtins.int
+    signer_key_id: _builtins.str
+    """signer_key_id is the row's `signer_key_id` column."""
+    client_key_id: _builtins.str
+    """client_key_id is the row's `client_key_id` column."""
+    @_builtins.property
+    def stored_at(self) -> _timestamp_pb2.Timestamp:
+        """stored_at is the row's `recorded_at` column (the commit time the database was given)."""
+
+    def __init__(
+        self,
+        *,
+        stored_at: _timestamp_pb2.Timestamp | None = ...,
+        signer_key_id: _builtins.str = ...,
+        client_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stored_at", b"stored_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_key_id", b"client_key_id", "signer_key_id", b"signer_key_id", "stored_at", b"stored_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiptUnverified: _TypeAlias = ReceiptUnverified  # noqa: Y015
 
 @_typing.final
 class PolicyDecision(_message.Message):
