@@ -189,3 +189,33 @@ def test_malformed_envelopes_are_rejected(document: str | bytes, message: str) -
 def test_valid_minimal_document_parses() -> None:
     env = Envelope.from_json(json.dumps(VALID))
     assert env == Envelope(b"x", "t", (Signature("k", b"\x00"),))
+
+
+def test_a_keyid_naming_no_key_is_a_hint_tried_against_the_ring(
+    receipt_signer: PemSigner, receipt_keyring: KeyRing
+) -> None:
+    env = sign_envelope(b"x", "t", receipt_signer)
+    renamed = Envelope(
+        env.payload, env.payload_type, (Signature("sslib-style-id", env.signatures[0].sig),)
+    )
+    assert verify_envelope_detailed(renamed, receipt_keyring).key_ids == (receipt_signer.key_id,)
+    with pytest.raises(UnknownKeyError):  # and verifying with no key of the ring is refused
+        verify_envelope(renamed, KeyRing([PemSigner.generate().public_key]))
+
+
+def test_unpadded_base64_and_p1363_signatures_are_accepted(
+    receipt_signer: PemSigner, receipt_keyring: KeyRing
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    env = sign_envelope(b"some payload", "t", receipt_signer)
+    r, s = decode_dss_signature(env.signatures[0].sig)
+    raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    document = {
+        "payload": base64.urlsafe_b64encode(env.payload).decode().rstrip("="),
+        "payloadType": "t",
+        "signatures": [{"keyid": "", "sig": base64.b64encode(raw).decode().rstrip("=")}],
+    }
+    parsed = Envelope.from_json(json.dumps(document))
+    assert parsed.payload == b"some payload"
+    assert verify_envelope_detailed(parsed, receipt_keyring).key_ids == (receipt_signer.key_id,)

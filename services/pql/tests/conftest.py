@@ -44,6 +44,9 @@ def pql_settings(pg_dsn: str, service_key: Path, checkpoint_key: Path) -> PqlSet
         signing_key_path=service_key,
         checkpoint_key_path=checkpoint_key,
         pool_max_size=4,
+        # Checkpoints are issued on demand only, so a test's database changes only by its own
+        # calls (tests of the periodic issuer turn it on).
+        checkpoints_enabled=False,
     )
 
 

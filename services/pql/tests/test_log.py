@@ -3,6 +3,7 @@ what removing rows as the database owner does to them."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from mc_common.receipts.merkle import leaf_hash, verify_consistency, verify_incl
 from mc_common.receipts.note import NoteVerifier, open_checkpoint
 from mc_common.server import RunningServer
 from mc_pql.app import PqlApp
+from mc_pql.settings import PqlSettings
 
 Stub = svc_grpc.ProvenanceServiceStub
 LogStub = log_grpc.ReceiptLogServiceStub
@@ -222,3 +224,41 @@ async def test_the_signed_recorded_at_is_served(stub: Stub) -> None:
         .startswith(statement["predicate"]["recorded_at"].rstrip("Z")[:19])
     )
     assert got.signer_key_id == json.loads(got.envelope)["signatures"][0]["keyid"]
+
+
+async def test_the_periodic_issuer_checkpoints_every_tenant_that_grew(
+    pql_settings: PqlSettings,
+) -> None:
+    app = await PqlApp.create(
+        pql_settings.model_copy(update={"checkpoints_enabled": True, "checkpoint_interval_s": 0.1})
+    )
+    try:
+        for tenant, n in (("acme", 3), ("globex", 2)):
+            for i in range(n):
+                await app.provenance.record_receipts(tenant, [_submission(tenant, i)])
+        verifier = app.receipt_log.signer.verifier
+        async with asyncio.timeout(30):
+            while True:
+                latest = {
+                    t: await app.receipt_log._store.latest_checkpoint(t) for t in ("acme", "globex")
+                }
+                if all(
+                    c is not None and c.size == n
+                    for c, n in zip(latest.values(), (3, 2), strict=True)
+                ):
+                    break
+                await asyncio.sleep(0.05)
+        for tenant, stored in latest.items():
+            assert stored is not None
+            parsed, _ = open_checkpoint(stored.note, verifier)
+            assert parsed.origin.endswith(f"/{tenant}") and parsed.root == stored.root
+    finally:
+        await app.close()
+
+
+def _submission(tenant: str, n: int) -> object:
+    from pql_support import content
+
+    from mc_pql import convert
+
+    return convert.content_to_submission(tenant, content(f"p{n}", n), "content")

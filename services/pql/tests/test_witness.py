@@ -99,7 +99,8 @@ async def test_checkpoints_flow_through_kafka_to_the_witness(
     topic, cosigned_topic = topic_name("mc.receipts.checkpoints"), topic_name("cosigned")
     settings = pql_settings.model_copy(
         update={"kafka_bootstrap": kafka_bootstrap, "checkpoints_topic": topic,
-                "decisions_topic": topic_name("decisions"), "checkpoint_interval_s": 0.2}
+                "decisions_topic": topic_name("decisions"), "checkpoint_interval_s": 0.2,
+                "checkpoints_enabled": True}
     )  # fmt: skip
     app = await PqlApp.create(settings)
     server: RunningServer = await start_server(settings, app.spec())

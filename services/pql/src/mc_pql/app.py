@@ -128,7 +128,8 @@ class PqlApp:
             trusted,
             publisher=publisher,
         )
-        issuer.start()
+        if settings.checkpoints_enabled:
+            issuer.start()
         if settings.kafka_bootstrap:
             app.consumer = EventConsumer(
                 settings.kafka_bootstrap,

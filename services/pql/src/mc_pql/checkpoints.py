@@ -44,6 +44,7 @@ class CheckpointIssuer:
         self._pending: dict[str, tuple[int, bytes]] = {}
         self._issued: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
 
     def observe(self, tenant: str, size: int, root: bytes) -> None:
         """Note a tenant's new head (called by the chain writer after each commit)."""
@@ -74,7 +75,12 @@ class CheckpointIssuer:
             next_tick = max(next_tick, time.monotonic())
 
     async def flush(self) -> list[StoredCheckpoint]:
-        """Sign, store and publish the pending heads (at most `MAX_PER_TICK` tenants)."""
+        """Sign, store and publish the pending heads (at most `MAX_PER_TICK` tenants); returns
+        once every flush started before it has finished too."""
+        async with self._flushing:
+            return await self._flush()
+
+    async def _flush(self) -> list[StoredCheckpoint]:
         if not self._pending:
             return []
         tenants = list(self._pending)[:MAX_PER_TICK]
@@ -85,9 +91,17 @@ class CheckpointIssuer:
             if size > self._issued.get(tenant, 0)
         ]
         try:
-            await self._store.insert_checkpoints(issued)
-            if self._publish is not None and issued:
-                await self._publish(issued)
+            stored = await self._store.insert_checkpoints(issued)
+            if len(stored) < len(issued):
+                refused = {(c.tenant, c.size) for c in issued} - {
+                    (c.tenant, c.size) for c in stored
+                }
+                log.debug(  # normal for a size also issued on demand or by another replica
+                    "checkpoints not stored (same size already, or a larger one)",
+                    extra={"checkpoints": sorted(refused)[:20]},
+                )
+            if self._publish is not None and stored:
+                await self._publish(stored)
         except BaseException:
             for tenant, head in heads.items():
                 self.observe(tenant, *head)
@@ -96,4 +110,4 @@ class CheckpointIssuer:
             self._issued[checkpoint.tenant] = checkpoint.size
         if len(self._issued) > 100_000:
             self._issued.clear()
-        return issued
+        return stored

@@ -133,15 +133,15 @@ class ReceiptLog:
 
     async def inclusion(self, tenant: str, digest: str, tree_size: int) -> InclusionProof:
         """The inclusion proof of receipt `digest` in the tree of `tree_size` (0: current)."""
-        index = await self._store.leaf_index(tenant, digest)
+        index, size = await self._store.locate(tenant, digest)
         if index is None:
             raise NotFound(f"receipt {digest} not found")
         checkpoint = None
         if tree_size == 0:
             checkpoint = await self.checkpoint(tenant)
             tree_size = checkpoint.size
-        else:
-            await self._check_size("tree_size", tenant, tree_size)
+        elif tree_size > size:
+            raise InvalidArgument.field("tree_size", f"the log has {size} leaves, not {tree_size}")
         if index >= tree_size:
             raise InvalidArgument.field(
                 "tree_size", f"the receipt is leaf {index}, not in a tree of {tree_size}"

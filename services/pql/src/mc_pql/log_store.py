@@ -88,6 +88,20 @@ class LogStore:
             row = await cur.fetchone()
         return None if row is None else int(row[0]) - 1
 
+    async def locate(self, tenant: str, digest: str) -> tuple[int | None, int]:
+        """The leaf index of the receipt with `digest` (None if not stored) and the log's size,
+        in one round trip."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT (SELECT sequence FROM receipts WHERE tenant = %s AND digest = %s), "
+                "(SELECT sequence FROM receipt_log WHERE tenant = %s "
+                "ORDER BY sequence DESC LIMIT 1)",
+                (tenant, digest, tenant),
+            )
+            row = await cur.fetchone()
+        sequence, size = row if row is not None else (None, None)
+        return (None if sequence is None else int(sequence) - 1), int(size or 0)
+
     async def entries(self, tenant: str, start: int, end: int) -> list[LogEntryRow]:
         """Leaves [start, end) that the log holds, in order, with their receipt rows if any."""
         if end <= start:
@@ -131,15 +145,21 @@ class LogStore:
             row = await cur.fetchone()
         return None if row is None else StoredCheckpoint(tenant, size, bytes(row[0]), row[1])
 
-    async def insert_checkpoints(self, checkpoints: Sequence[StoredCheckpoint]) -> None:
-        """Store checkpoints; one already stored for a (tenant, size) is kept as it is."""
+    async def insert_checkpoints(
+        self, checkpoints: Sequence[StoredCheckpoint]
+    ) -> list[StoredCheckpoint]:
+        """Store checkpoints and return those stored now. One already stored for a (tenant,
+        size) is kept as it is, and one smaller than a stored one is never stored (a log that
+        shrank behind the service is not signed as if it had not)."""
         if not checkpoints:
-            return
+            return []
         async with self._pool.connection() as conn:
-            await conn.execute(
+            cur = await conn.execute(
                 "INSERT INTO log_checkpoints (tenant, size, root, note) "
                 "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bytea[], %s::text[]) "
-                "ON CONFLICT (tenant, size) DO NOTHING",
+                "AS c(tenant, size, root, note) WHERE NOT EXISTS (SELECT FROM log_checkpoints "
+                "AS s WHERE s.tenant = c.tenant AND s.size > c.size) "
+                "ON CONFLICT (tenant, size) DO NOTHING RETURNING tenant, size",
                 (
                     [c.tenant for c in checkpoints],
                     [c.size for c in checkpoints],
@@ -147,3 +167,5 @@ class LogStore:
                     [c.note for c in checkpoints],
                 ),
             )
+            stored = {(t, int(size)) for t, size in await cur.fetchall()}
+        return [c for c in checkpoints if (c.tenant, c.size) in stored]

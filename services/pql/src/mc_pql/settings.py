@@ -61,6 +61,11 @@ class PqlSettings(ServiceSettings):
     checkpoint_interval_s: float = Field(
         0.5, gt=0, le=1.0, description="How often active tenants' logs are checkpointed."
     )
+    checkpoints_enabled: bool = Field(
+        True,
+        description="Issue checkpoints periodically; false only for benchmarks (the baseline of "
+        "bench/pql_checkpoints.py): on-demand checkpoints are still served.",
+    )
     checkpoints_topic: str = Field(
         "mc.receipts.checkpoints", description="Topic checkpoints are published to."
     )
