@@ -16,6 +16,7 @@ from mc_edge_policy.decision_log import DecisionSink, DiscardDecisions, KafkaDec
 from mc_edge_policy.distribution import BundleDistributor, MultiOriginClient, PollOutcome
 from mc_edge_policy.edge_policy import EdgePolicy
 from mc_edge_policy.keys import load_keyring
+from mc_edge_policy.limits import LimiterUsage
 from mc_edge_policy.pdp import BundleRejected, PolicyDecisionPoint
 from mc_edge_policy.servicer import SERVICE_NAME, PolicyServicer
 from mc_edge_policy.settings import EdgePolicySettings
@@ -34,6 +35,7 @@ class EdgePolicyApp:
     distributor: BundleDistributor | None = None
     poll_task: asyncio.Task[None] | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    limiter_channel: grpc.aio.Channel | None = None
 
     @classmethod
     async def create(cls, settings: EdgePolicySettings) -> EdgePolicyApp:
@@ -57,7 +59,16 @@ class EdgePolicyApp:
             )
             await decision_log.start()
             sink = decision_log
-        app = cls(settings, pdp, EdgePolicy(pdp, sink), decision_log)
+        limiter_channel = limits = None
+        if settings.limiter_address:
+            limiter_channel = grpc.aio.insecure_channel(settings.limiter_address)
+            limits = LimiterUsage(
+                limiter_channel,
+                ttl_s=settings.limits_cache_ttl_s,
+                timeout_s=settings.limits_timeout_s,
+            )
+        app = cls(settings, pdp, EdgePolicy(pdp, sink, limits), decision_log)
+        app.limiter_channel = limiter_channel
         if settings.origins and settings.tuf_root_file is not None:
             client = MultiOriginClient(
                 settings.origins,
@@ -96,3 +107,5 @@ class EdgePolicyApp:
             await self.poll_task
         if self.decision_log is not None:
             await self.decision_log.stop()
+        if self.limiter_channel is not None:
+            await self.limiter_channel.close()

@@ -10,6 +10,7 @@ from mc_common.errors import NotFound, PermissionDenied, ResourceExhausted
 from mc_common.tenancy import current_principal, require_tenant
 from mc_edge_policy.decision_log import DecisionSink
 from mc_edge_policy.evaluator import UnknownPackage
+from mc_edge_policy.limits import UsageSource, with_limits
 from mc_edge_policy.pdp import Caller, Decision, Explanation, PdpStatus, PolicyDecisionPoint
 
 
@@ -27,9 +28,20 @@ def current_caller() -> Caller:
 class EdgePolicy:
     """Decisions for callers, each recorded in the decision log before it is returned."""
 
-    def __init__(self, pdp: PolicyDecisionPoint, decisions: DecisionSink) -> None:
+    def __init__(
+        self,
+        pdp: PolicyDecisionPoint,
+        decisions: DecisionSink,
+        limits: UsageSource | None = None,
+    ) -> None:
         self.pdp = pdp
         self._decisions = decisions
+        self._limits = limits
+
+    async def _input(self, caller: Caller, input_document: dict[str, Any]) -> dict[str, Any]:
+        if self._limits is None:
+            return input_document
+        return await with_limits(self._limits, caller.tenant, input_document)
 
     async def evaluate(
         self,
@@ -40,6 +52,7 @@ class EdgePolicy:
         execution_id: str = "",
         enforce: bool = False,
     ) -> Decision:
+        input_document = await self._input(caller, input_document)
         try:
             decision = self.pdp.decide(caller, package, input_document, execution_id=execution_id)
         except UnknownPackage as exc:
@@ -57,6 +70,7 @@ class EdgePolicy:
         *,
         execution_id: str = "",
     ) -> Explanation:
+        input_document = await self._input(caller, input_document)
         try:
             explanation = self.pdp.explain(
                 caller, package, input_document, execution_id=execution_id

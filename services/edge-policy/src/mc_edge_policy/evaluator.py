@@ -73,7 +73,9 @@ class Evaluator:
         """The raw decision of package `path` (`mc/limits` or `mc.limits`) for the input."""
         policy = self.package(path)
         try:
-            self._interpreter.set_input_term(json.dumps(input_document, separators=(",", ":")))
+            # set_input builds the term from Python values through the C API: about a tenth of
+            # the cost of set_input_term, which parses Rego text (~300 us for a small input).
+            self._interpreter.set_input(input_document)
             output = self._interpreter.query_bundle_entrypoint(
                 self._compiled.bundle, policy.entrypoint
             )

@@ -31,6 +31,13 @@ class EdgePolicySettings(ServiceSettings):
         None, description="Kafka bootstrap servers; unset means decisions are not published."
     )
     decisions_topic: str = Field("mc.policy.decisions", description="Decisions topic.")
+    limiter_address: str | None = Field(
+        None,
+        description="host:port of the limiter; set, input.limits comes from its GetUsage "
+        "(the request's own input.limits is discarded).",
+    )
+    limits_cache_ttl_s: float = Field(0.5, ge=0, description="How long a usage answer is reused.")
+    limits_timeout_s: float = Field(0.25, gt=0, description="GetUsage deadline.")
     origins: list[str] = Field(
         default_factory=list,
         description="Base URLs of the distribution origins (CDNs) serving the TUF repository; "

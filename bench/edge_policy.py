@@ -1,0 +1,214 @@
+"""Benchmark: edge policy decisions in process, over gRPC against a bare echo, and cold start.
+
+1. In-process decision latency per seed policy, with prebuilt entrypoints (targets: p95 at
+   most 200 us). Baseline in the same run: regopy alone (set the input, query the prebuilt
+   entrypoint, which parses the JSON result) on the same bundle and inputs. The breakdown says
+   where the rest goes: building the input (the caller overwrite) and assembling the decision
+   (fired rules, annotations, redaction, uuid).
+2. Evaluate RPC throughput of the real `mc-edge-policy` process (decision log off: no Kafka)
+   as a share of a bare gRPC echo server taking the same request type (target >= 60%),
+   alternating rounds so machine noise hits both sides alike.
+3. Cold start from the cache: a new PDP bootstrapping its last good bundle (read, verify the
+   JWS and every digest, compile the entrypoints).
+
+Usage: uv run python bench/edge_policy.py [--seconds 4] [--iterations 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from common import closed_loop, free_port, percentile, start_child, start_echo
+
+from mc.policy.v1 import policy_service_pb2 as svc
+from mc.policy.v1 import policy_service_pb2_grpc as svc_grpc
+from mc_edge_policy.builder import build_bundle, seed_policy_sources
+from mc_edge_policy.keys import keyring_json
+from mc_edge_policy.pdp import Caller, PolicyDecisionPoint, with_caller
+from mc_edge_policy.signatures import KeyRing, SigningKey
+
+CALLER = Caller("acme", "user:bench", "spiffe://mc.local/ns/mc/sa/edge-fetcher")
+INPUTS: dict[str, dict[str, Any]] = {
+    "mc/residency": {"resource": {"region": "us-east-1"}},
+    "mc/authz": {"action": "bundle.fetch"},
+    "mc/limits": {"limits": {"allow": False, "retryAfterMs": 250}},
+    "mc/budgets": {"tenant": {"burnRate": 1.7}},
+    "mc/privacy": {
+        "tenant": {"privacy": {"budget_total": 10, "budget_remaining": 2}},
+        "request": {"privacy_cost": 5},
+    },
+    "mc/lifecycle": {"tenant": {"plan": "team"}},
+}
+
+
+def micros(samples: list[float]) -> tuple[float, float]:
+    return percentile(samples, 0.5) * 1e6, percentile(samples, 0.95) * 1e6
+
+
+def in_process(pdp: PolicyDecisionPoint, iterations: int) -> None:
+    active = pdp.active
+    assert active is not None
+    evaluator = active.evaluator
+    interpreter = evaluator._interpreter  # the same prebuilt bundle and interpreter
+    bundle = evaluator._compiled.bundle
+    print("\n1. in-process decisions (us), prebuilt entrypoints; baseline = regopy alone")
+    print(
+        f"{'package':14} {'regopy p50':>10} {'p95':>7} | {'decide p50':>10} {'p95':>7} | "
+        f"{'input':>6} {'regopy':>7} {'assemble':>8} (p50 shares)"
+    )
+    for package, document in INPUTS.items():
+        entrypoint = evaluator.package(package).entrypoint
+        effective = with_caller(document, CALLER)
+        for _ in range(200):  # warm-up
+            pdp.decide(CALLER, package, document)
+        baseline: list[float] = []
+        full: list[float] = []
+        build: list[float] = []
+        baseline_cpu: list[float] = []
+        full_cpu: list[float] = []
+        for _ in range(iterations):
+            c0, t0 = time.thread_time(), time.perf_counter()
+            interpreter.set_input(effective)
+            output = interpreter.query_bundle_entrypoint(bundle, entrypoint)
+            t1, c1 = time.perf_counter(), time.thread_time()
+            assert output.ok()
+            baseline.append(t1 - t0)
+            baseline_cpu.append(c1 - c0)
+            c2, t2 = time.thread_time(), time.perf_counter()
+            pdp.decide(CALLER, package, document)
+            t3, c3 = time.perf_counter(), time.thread_time()
+            full.append(t3 - t2)
+            full_cpu.append(c3 - c2)
+            t4 = time.perf_counter()
+            with_caller(document, CALLER)
+            build.append(time.perf_counter() - t4)
+        b50, b95 = micros(baseline)
+        f50, f95 = micros(full)
+        bc50, bc95 = micros(baseline_cpu)
+        fc50, fc95 = micros(full_cpu)
+        i50 = percentile(build, 0.5) * 1e6
+        assemble = max(0.0, f50 - b50 - i50)
+        flag = "ok" if f95 <= 200 else "OVER 200 us"
+        print(
+            f"{package:14} {b50:10.1f} {b95:7.1f} | {f50:10.1f} {f95:7.1f} | "
+            f"{i50:6.1f} {b50:7.1f} {assemble:8.1f}   {flag}  (x{f50 / b50:.2f} of regopy)"
+        )
+        print(
+            f"{'  thread CPU':14} {bc50:10.1f} {bc95:7.1f} | {fc50:10.1f} {fc95:7.1f} |"
+            "  (CPU time of the calling thread: what is left when preemption is taken out)"
+        )
+
+
+def cold_start(cache: Path, keyring: KeyRing, runs: int = 7) -> None:
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        pdp = PolicyDecisionPoint(keyring, cache)
+        assert pdp.bootstrap() is not None
+        samples.append(time.perf_counter() - t0)
+    print(
+        f"\n3. cold start from cache (verify JWS + digests, compile): median "
+        f"{statistics.median(samples) * 1000:.1f} ms, min {min(samples) * 1000:.1f} ms "
+        f"over {runs} runs (target < 100 ms)"
+    )
+
+
+async def rpc(seconds: float, workdir: Path, bundle: bytes, key: SigningKey) -> None:
+    keys = workdir / "keys.json"
+    keys.write_text(keyring_json([{"kid": key.key_id, "pem": key.public_pem().decode()}]))
+    (workdir / "bundle.tar.gz").write_bytes(bundle)
+    port = free_port()
+    env = {
+        "MC_EDGE_POLICY_GRPC_PORT": str(port),
+        "MC_EDGE_POLICY_CACHE_DIR": str(workdir / "svc-cache"),
+        "MC_EDGE_POLICY_TRUSTED_KEYS_FILE": str(keys),
+        "MC_EDGE_POLICY_BUNDLE_FILE": str(workdir / "bundle.tar.gz"),
+        "MC_EDGE_POLICY_LOG_LEVEL": "WARNING",
+    }
+    service = await start_child(
+        [sys.executable, "-m", "mc_edge_policy.main"], env, port, workdir / "svc.log"
+    )
+    echo = await start_echo(
+        "mc.policy.v1.policy_service_pb2.EvaluateRequest",
+        "mc.policy.v1.policy_service_pb2.EvaluateResponse",
+        workdir / "echo.log",
+    )
+    document = struct_pb2.Struct()
+    document.update(INPUTS["mc/residency"])
+    request = svc.EvaluateRequest(package="mc/residency", input=document)
+    metadata = (("x-mc-tenant", "acme"),)
+    try:
+        async with (
+            grpc.aio.insecure_channel(service.address) as s_chan,
+            grpc.aio.insecure_channel(echo.address) as e_chan,
+        ):
+            stub = svc_grpc.PolicyServiceStub(s_chan)
+            echo_call = e_chan.unary_unary(
+                "/bench.Echo/Echo",
+                request_serializer=svc.EvaluateRequest.SerializeToString,
+                response_deserializer=svc.EvaluateResponse.FromString,
+            )
+
+            async def evaluate(_: int) -> int:
+                await stub.Evaluate(request, metadata=metadata)
+                return 1
+
+            async def echo_one(_: int) -> int:
+                await echo_call(request, metadata=metadata)
+                return 1
+
+            ratios = []
+            print(
+                "\n2. Evaluate RPC throughput vs a bare gRPC echo (same request type), "
+                "alternating rounds, 32 concurrent callers"
+            )
+            for index in range(3):
+                e = await closed_loop(
+                    echo_one, 32, seconds, warmup=0.5, server_cpu=echo.cpu_seconds
+                )
+                v = await closed_loop(
+                    evaluate, 32, seconds, warmup=0.5, server_cpu=service.cpu_seconds
+                )
+                ratios.append(v.calls_per_s / e.calls_per_s)
+                print(f"   round {index + 1}: echo {e.summary()}")
+                print(f"            eval {v.summary()}  ratio {ratios[-1]:.0%}")
+                print(f"            echo {e.cpu_summary()} | eval {v.cpu_summary()}")
+            print(f"   Evaluate / echo: median {statistics.median(ratios):.0%} (target >= 60%)")
+    finally:
+        service.stop()
+        echo.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--iterations", type=int, default=3000)
+    args = parser.parse_args()
+    key = SigningKey.generate("bench")
+    keyring = KeyRing([key.verification_key()])
+    now = datetime.now(UTC)
+    built = build_bundle(seed_policy_sources(), key=key, verify_with=keyring, version=1, now=now)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        pdp = PolicyDecisionPoint(keyring, workdir / "cache")
+        pdp.activate(built.archive)
+        in_process(pdp, args.iterations)
+        asyncio.run(rpc(args.seconds, workdir, built.archive, key))
+        cold_start(workdir / "cache", keyring)
+
+
+if __name__ == "__main__":
+    main()
