@@ -108,4 +108,4 @@ class EdgePolicyApp:
         if self.decision_log is not None:
             await self.decision_log.stop()
         if self.limiter_channel is not None:
-            await self.limiter_channel.close()
+            await self.limiter_channel.close(None)
