@@ -82,6 +82,7 @@ async def pdp_for(
             bundle_file=bundle,
             limiter_address=limiter_address,
             limits_cache_ttl_s=0,
+            limits_timeout_s=10,  # a loaded test machine, not the production deadline
         )
         app = await EdgePolicyApp.create(settings)
         running = await start_server(settings, app.spec())
