@@ -21,6 +21,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mc_common.identity import WorkloadIdentity
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -60,12 +62,32 @@ class Child:
             self.process.kill()
 
 
-async def start_child(args: list[str], env: dict[str, str], port: int, log: Path) -> Child:
-    """Start a gRPC server process and wait until it reports SERVING."""
+async def start_child(
+    args: list[str],
+    env: dict[str, str],
+    port: int,
+    log: Path,
+    *,
+    identity: WorkloadIdentity | None = None,
+    server: str = "",
+) -> Child:
+    """Start a gRPC server process and wait until it reports SERVING.
+
+    Servers run in plaintext-dev mode (loopback) unless `env` or `identity` say otherwise, so
+    the service benchmarks stay comparable with their history; `bench/limiter_mtls.py`
+    measures what mTLS costs. With `identity` (a client's) the health check goes over mTLS.
+    """
     out = log.open("wb")
-    process = subprocess.Popen(args, env={**os.environ, **env}, stdout=out, stderr=out)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MC_IDENTITY_")}
+    full_env = {**inherited, "MC_IDENTITY_MODE": "plaintext-dev", **env}
+    process = subprocess.Popen(args, env=full_env, stdout=out, stderr=out)
     address = f"127.0.0.1:{port}"
-    async with grpc.aio.insecure_channel(address) as channel:
+    channel = (
+        grpc.aio.insecure_channel(address)
+        if identity is None
+        else identity.channel(address, server=server)
+    )
+    async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for _ in range(600):
             if process.poll() is not None:

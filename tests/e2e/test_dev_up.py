@@ -11,10 +11,10 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
 import psycopg
 from pql_support import md, record
 
+from maestro_cli.fleet import dev_identity
 from mc.limiter.v1 import limiter_pb2 as lpb
 from mc.limiter.v1 import limiter_service_pb2 as lsvc
 from mc.limiter.v1 import limiter_service_pb2_grpc as lsvc_grpc
@@ -44,8 +44,10 @@ def test_dev_up_runs_the_fleet_and_stops_cleanly(
     tmp_path: Path, pg_admin_dsn: str, redis_prefix: str
 ) -> None:
     database = f"mc_devtest_{uuid.uuid4().hex[:8]}"
+    # The dev fleet is a trust domain of its own: none of the test session's identity.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MC_IDENTITY_")}
     env = {
-        **os.environ,
+        **inherited,
         "MC_POSTGRES_DSN": pg_admin_dsn,
         "MC_DEV_DATABASE": database,
         "MC_LIMITER_KEY_PREFIX": f"{redis_prefix}rl",
@@ -65,11 +67,13 @@ def test_dev_up_runs_the_fleet_and_stops_cleanly(
         for component in ("postgres", "redis", "kafka", "pql", "limiter"):
             assert component in table
         endpoints = json.loads((data / "endpoints.json").read_text())
-        with grpc.insecure_channel(endpoints["pql"]) as channel:
+        cli = dev_identity(data)  # the SVID `dev up` issued to the CLI
+        assert (data / "identity" / "ca" / "ca_key.pem").stat().st_mode & 0o077 == 0
+        with cli.sync_channel(endpoints["pql"], server="pql") as channel:
             stub = svc_grpc.ProvenanceServiceStub(channel)
             for i in range(3):
                 stub.RecordReceipt(record(f"e{i}", i), metadata=md("acme"))
-        with grpc.insecure_channel(endpoints["limiter"]) as channel:
+        with cli.sync_channel(endpoints["limiter"], server="limiter") as channel:
             limiter = lsvc_grpc.LimiterServiceStub(channel)
             one_per_minute = lpb.Rule(
                 id="devtest",

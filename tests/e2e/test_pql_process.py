@@ -19,6 +19,7 @@ from pql_support import md, record
 from mc.pql.v1 import provenance_service_pb2 as svc
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common.signing import PemSigner
+from mc_common.testing.identity import TestTrustDomain
 
 
 def free_port() -> int:
@@ -28,7 +29,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def pql_process(pg_dsn: str, tmp_path: Path) -> AsyncIterator[str]:
+async def pql_process(
+    pg_dsn: str, tmp_path: Path, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[str]:
     key = tmp_path / "key.pem"
     PemSigner.generate().save(key)
     port = free_port()
@@ -45,7 +48,7 @@ async def pql_process(pg_dsn: str, tmp_path: Path) -> AsyncIterator[str]:
     )
     address = f"127.0.0.1:{port}"
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with mc_trust_domain.channel(address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for _ in range(300):
                 if proc.poll() is not None:
@@ -71,8 +74,10 @@ async def pql_process(pg_dsn: str, tmp_path: Path) -> AsyncIterator[str]:
         assert code == 0, (tmp_path / "pql.log").read_text()
 
 
-async def test_record_and_verify_over_the_wire(pql_process: str) -> None:
-    async with grpc.aio.insecure_channel(pql_process) as channel:
+async def test_record_and_verify_over_the_wire(
+    pql_process: str, mc_trust_domain: TestTrustDomain
+) -> None:
+    async with mc_trust_domain.channel(pql_process) as channel:
         stub = svc_grpc.ProvenanceServiceStub(channel)
         for i in range(3):
             await stub.RecordReceipt(record(f"e{i}", i), metadata=md("acme"))

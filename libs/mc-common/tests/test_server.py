@@ -17,6 +17,7 @@ from mc_common.config import ServiceSettings
 from mc_common.errors import NotFound, ResourceExhausted, status_details
 from mc_common.server import RunningServer, ServiceSpec, start_server
 from mc_common.tenancy import current_principal, require_tenant
+from mc_common.testing.identity import TestTrustDomain
 
 SERVICE = svc.DESCRIPTOR.services_by_name["ProvenanceService"].full_name
 
@@ -57,8 +58,10 @@ async def server() -> AsyncIterator[RunningServer]:
 
 
 @pytest.fixture
-async def stub(server: RunningServer) -> AsyncIterator[svc_grpc.ProvenanceServiceStub]:
-    async with grpc.aio.insecure_channel(server.address) as channel:
+async def stub(
+    server: RunningServer, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[svc_grpc.ProvenanceServiceStub]:
+    async with mc_trust_domain.channel(server.address) as channel:
         yield svc_grpc.ProvenanceServiceStub(channel)
 
 
@@ -132,8 +135,10 @@ async def test_domain_errors_map_to_codes_and_details(
     assert "process_cpu_seconds_total" in text and "python_gc_objects_collected_total" in text
 
 
-async def test_health_reports_per_service(server: RunningServer) -> None:
-    async with grpc.aio.insecure_channel(server.address) as channel:
+async def test_health_reports_per_service(
+    server: RunningServer, mc_trust_domain: TestTrustDomain
+) -> None:
+    async with mc_trust_domain.channel(server.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -143,7 +148,7 @@ async def test_health_reports_per_service(server: RunningServer) -> None:
 
 
 async def test_rpcs_are_traced_and_logs_carry_the_trace_id(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, mc_trust_domain: TestTrustDomain
 ) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -169,7 +174,7 @@ async def test_rpcs_are_traced_and_logs_carry_the_trace_id(
     )
     running = await start_server(ServiceSettings(), spec, tracer_provider=provider)
     try:
-        async with grpc.aio.insecure_channel(running.address) as channel:
+        async with mc_trust_domain.channel(running.address) as channel:
             await svc_grpc.ProvenanceServiceStub(channel).GetExecution(
                 svc.GetExecutionRequest(execution_id="e1"), metadata=[("x-mc-tenant", "acme")]
             )
@@ -181,4 +186,5 @@ async def test_rpcs_are_traced_and_logs_carry_the_trace_id(
 
     logged = json.loads(lines[0])
     assert logged["tenant"] == "acme"
+    assert logged["peer"] == "spiffe://mc.test/ns/mc/sa/gateway"
     assert logged["trace_id"] == f"{spans[0].context.trace_id:032x}"

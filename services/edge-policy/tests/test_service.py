@@ -18,6 +18,7 @@ from mc.policy.v1 import policy_service_pb2_grpc as svc_grpc
 from mc_common.errors import status_details
 from mc_common.server import RunningServer, start_server
 from mc_common.signing import PemSigner
+from mc_common.testing.identity import TestTrustDomain
 from mc_edge_policy.app import EdgePolicyApp
 from mc_edge_policy.builder import BuiltBundle
 from mc_edge_policy.keys import keyring_json
@@ -98,8 +99,10 @@ async def server(
 
 
 @pytest.fixture
-async def stub(server: tuple[RunningServer, EdgePolicyApp]) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(server[0].address) as channel:
+async def stub(
+    server: tuple[RunningServer, EdgePolicyApp], mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[Stub]:
+    async with mc_trust_domain.channel(server[0].address) as channel:
         yield Stub(channel)
 
 
@@ -213,13 +216,15 @@ async def test_status_reports_serving(stub: Stub, live_bundle: BuiltBundle) -> N
 
 
 async def test_pdp_without_bundle_denies_and_reports_empty(
-    settings_for: Callable[..., EdgePolicySettings], tmp_path: Path
+    settings_for: Callable[..., EdgePolicySettings],
+    tmp_path: Path,
+    mc_trust_domain: TestTrustDomain,
 ) -> None:
     settings = settings_for(bundle_file=None, cache_dir=tmp_path / "empty-cache")
     app = await EdgePolicyApp.create(settings)
     running = await start_server(settings, app.spec())
     try:
-        async with grpc.aio.insecure_channel(running.address) as channel:
+        async with mc_trust_domain.channel(running.address) as channel:
             stub = Stub(channel)
             status = await stub.GetPolicyStatus(svc.GetPolicyStatusRequest())
             assert status.state == svc.POLICY_STATE_EMPTY

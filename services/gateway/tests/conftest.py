@@ -11,6 +11,7 @@ import pytest
 
 from mc_common.server import RunningServer, start_server
 from mc_common.signing import PemSigner
+from mc_common.testing.identity import TestTrustDomain
 from mc_gateway.app import RunningGateway, start_gateway
 from mc_gateway.settings import GatewaySettings
 from mc_limiter.app import LimiterApp
@@ -20,10 +21,17 @@ from mc_pql.settings import PqlSettings
 
 
 @pytest.fixture
-async def pql_server(pg_dsn: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
+async def pql_server(
+    pg_dsn: str, tmp_path: Path, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[RunningServer]:
     key = tmp_path / "service-key.pem"
     PemSigner.generate().save(key)
-    settings = PqlSettings(postgres_dsn=pg_dsn, signing_key_path=key, pool_max_size=4)
+    settings = PqlSettings(
+        postgres_dsn=pg_dsn,
+        signing_key_path=key,
+        pool_max_size=4,
+        identity=mc_trust_domain.settings("pql"),  # the workload the gateway expects
+    )
     app = await PqlApp.create(settings)
     running = await start_server(settings, app.spec())
     yield running
@@ -33,13 +41,17 @@ async def pql_server(pg_dsn: str, tmp_path: Path) -> AsyncIterator[RunningServer
 
 @pytest.fixture
 async def limiter_server(
-    redis_server_url: str, redis_prefix: str, redis_client: object
+    redis_server_url: str,
+    redis_prefix: str,
+    redis_client: object,
+    mc_trust_domain: TestTrustDomain,
 ) -> AsyncIterator[RunningServer]:
     settings = LimiterSettings(
         redis_urls=[redis_server_url],
         key_prefix=f"{redis_prefix}rl",
         fairshare_key_prefix=f"{redis_prefix}fs",
         unmatched="allow",
+        identity=mc_trust_domain.settings("limiter"),
     )
     app = await LimiterApp.create(settings)
     running = await start_server(settings, app.spec())
@@ -50,10 +62,14 @@ async def limiter_server(
 
 @pytest.fixture
 def gateway_settings(
-    pg_dsn: str, pql_server: RunningServer, limiter_server: RunningServer
+    pg_dsn: str,
+    pql_server: RunningServer,
+    limiter_server: RunningServer,
+    mc_trust_domain: TestTrustDomain,
 ) -> GatewaySettings:
     return GatewaySettings(
         postgres_dsn=pg_dsn,
+        identity=mc_trust_domain.settings("gateway"),
         upstreams={"mc.pql.v1": pql_server.address, "mc.limiter.v1": limiter_server.address},
         limiter_address=limiter_server.address,
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from mc.gateway.v1 import api_key_service_pb2 as kpb
 from mc.gateway.v1 import api_key_service_pb2_grpc as kgrpc
 from mc_gateway.app import RunningGateway
@@ -14,8 +12,9 @@ OPERATOR_MD = (("x-mc-principal", "operator:test-ops"),)
 async def issue_key(
     gateway: RunningGateway, tenant: str, principal: str = "service:ci"
 ) -> kpb.CreateApiKeyResponse:
-    """A key created the way an operator would, over the gateway's own gRPC port."""
-    async with grpc.aio.insecure_channel(gateway.grpc.address) as channel:
+    """A key created the way an operator would, over the gateway's own gRPC port (mTLS with
+    the gateway's SVID, as the gateway's REST door does it)."""
+    async with gateway.grpc.identity.channel(gateway.grpc.address, server="gateway") as channel:
         stub = kgrpc.ApiKeyServiceStub(channel)
         reply: kpb.CreateApiKeyResponse = await stub.CreateApiKey(
             kpb.CreateApiKeyRequest(parent=f"tenants/{tenant}", principal=principal),

@@ -34,6 +34,7 @@ from mc.limiter.v1 import limiter_pb2 as pb
 from mc.limiter.v1 import limiter_service_pb2 as svc
 from mc.limiter.v1 import limiter_service_pb2_grpc as svc_grpc
 from mc_common.server import start_server
+from mc_common.testing.identity import TestTrustDomain
 from mc_limiter.app import LimiterApp
 from mc_limiter.envoy_rls import MAX_DESCRIPTORS, RateLimitServicer
 from mc_limiter.settings import LimiterSettings
@@ -63,7 +64,9 @@ def gcra_rule(rule_id: str, key: str, limit: int, window_ms: int = 1000) -> pb.R
 
 
 @pytest.fixture
-async def serve(redis_server_url: str, redis_prefix: str) -> AsyncIterator[Serve]:
+async def serve(
+    redis_server_url: str, redis_prefix: str, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[Serve]:
     """Starts a limiter (settings overridable) with the rules given; yields a channel."""
     stops: list[Callable[[], Awaitable[None]]] = []
 
@@ -76,7 +79,7 @@ async def serve(redis_server_url: str, redis_prefix: str) -> AsyncIterator[Serve
         )
         app = await LimiterApp.create(settings)
         running = await start_server(settings, app.spec())
-        channel = grpc.aio.insecure_channel(running.address)
+        channel = mc_trust_domain.channel(running.address)  # the front door's SVID
         stub = svc_grpc.LimiterServiceStub(channel)
         for rule in rules:
             await stub.PutRule(svc.PutRuleRequest(rule=rule), metadata=OPERATOR)

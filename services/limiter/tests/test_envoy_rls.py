@@ -21,11 +21,14 @@ from envoy_data_plane.envoy.service.ratelimit.v3 import (
     RateLimitResponseCode,
     RateLimitResponseRateLimitUnit,
 )
+from google.rpc.error_details_pb2 import ErrorInfo
 
 from mc.limiter.v1 import limiter_pb2 as pb
 from mc.limiter.v1 import limiter_service_pb2 as svc
 from mc.limiter.v1 import limiter_service_pb2_grpc as svc_grpc
+from mc_common.errors import status_details
 from mc_common.server import start_server
+from mc_common.testing.identity import TestTrustDomain
 from mc_limiter.app import LimiterApp
 from mc_limiter.settings import LimiterSettings
 
@@ -34,9 +37,12 @@ OPERATOR = (("x-mc-principal", "operator:ops"),)
 
 
 @pytest.fixture
-async def channel(
-    redis_server_url: str, redis_prefix: str, redis_client: object
-) -> AsyncIterator[grpc.aio.Channel]:
+async def rls_address(
+    redis_server_url: str,
+    redis_prefix: str,
+    redis_client: object,
+    mc_trust_domain: TestTrustDomain,
+) -> AsyncIterator[str]:
     settings = LimiterSettings(
         redis_urls=[redis_server_url],
         key_prefix=f"{redis_prefix}rl",
@@ -44,7 +50,7 @@ async def channel(
     )
     app = await LimiterApp.create(settings)
     running = await start_server(settings, app.spec())
-    async with grpc.aio.insecure_channel(running.address) as ch:
+    async with mc_trust_domain.channel(running.address) as ch:
         await svc_grpc.LimiterServiceStub(ch).PutRule(
             svc.PutRuleRequest(
                 rule=pb.Rule(
@@ -63,9 +69,18 @@ async def channel(
             ),
             metadata=OPERATOR,
         )
-        yield ch
+    yield running.address
     await running.stop(0)
     await app.close()
+
+
+@pytest.fixture
+async def channel(
+    rls_address: str, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel of the front door (the gateway's SVID)."""
+    async with mc_trust_domain.channel(rls_address) as ch:
+        yield ch
 
 
 async def should_rate_limit(
@@ -137,3 +152,19 @@ async def test_malformed_bytes_are_rejected(channel: grpc.aio.Channel) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call(bytes(RateLimitRequest(domain="", descriptors=[descriptor("1.1.1.1")])))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_only_the_front_door_may_ask(
+    channel: grpc.aio.Channel, rls_address: str, mc_trust_domain: TestTrustDomain
+) -> None:
+    """Another workload of the trust domain (here `pql`) may not spend anyone's limits."""
+    request = RateLimitRequest(domain="edge", descriptors=[descriptor("10.0.0.9")])
+    async with mc_trust_domain.channel(rls_address, caller="pql") as other:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await should_rate_limit(other, request)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    info = [d for d in status_details(err.value) if isinstance(d, ErrorInfo)]
+    assert info[0].reason == "ERROR_REASON_PEER_NOT_ALLOWED"
+    # The refused call spent nothing: the front door still gets all three.
+    codes = [(await should_rate_limit(channel, request)).overall_code for _ in range(4)]
+    assert codes == [RateLimitResponseCode.OK] * 3 + [RateLimitResponseCode.OVER_LIMIT]

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import urllib.request
 
-import grpc
 from test_service import OPERATOR, md, rule, start_limiter
 
 from mc.limiter.v1 import limiter_service_pb2 as svc
 from mc.limiter.v1 import limiter_service_pb2_grpc as svc_grpc
+from mc_common.testing.identity import TestTrustDomain
 from mc_common.testing.infra import free_port
 from mc_common.testing.promtool import promtool_problems
 from mc_limiter.settings import LimiterSettings
 
 
 async def test_exposition_passes_promtool(
-    redis_server_url: str, redis_prefix: str, redis_client: object
+    redis_server_url: str, redis_prefix: str, redis_client: object, mc_trust_domain: TestTrustDomain
 ) -> None:
     settings = LimiterSettings(
         redis_urls=[redis_server_url],
@@ -25,7 +25,7 @@ async def test_exposition_passes_promtool(
     )
     app, running = await start_limiter(settings)
     try:
-        async with grpc.aio.insecure_channel(running.address) as channel:
+        async with mc_trust_domain.channel(running.address) as channel:
             stub = svc_grpc.LimiterServiceStub(channel)
             await stub.PutRule(svc.PutRuleRequest(rule=rule()), metadata=OPERATOR)
             for _ in range(7):  # the rule allows 5 a minute: some are denied

@@ -19,6 +19,7 @@ from mc_common.errors import status_details
 from mc_common.events.consumer import EventConsumer
 from mc_common.events.envelope import ReceivedEvent
 from mc_common.server import RunningServer, start_server
+from mc_common.testing.identity import TestTrustDomain
 from mc_limiter.app import LimiterApp
 from mc_limiter.settings import LimiterSettings
 
@@ -82,8 +83,10 @@ async def server(settings: LimiterSettings, redis_client: object) -> AsyncIterat
 
 
 @pytest.fixture
-async def channel(server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(server.address) as ch:
+async def channel(
+    server: RunningServer, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[grpc.aio.Channel]:
+    async with mc_trust_domain.channel(server.address) as ch:
         yield ch
 
 
@@ -213,6 +216,7 @@ async def test_throttle_levels_scale_and_are_audited(
     kafka_bootstrap: str,
     topic_name: Callable[[str], str],
     kafka_consumer_timings: object,
+    mc_trust_domain: TestTrustDomain,
 ) -> None:
     audit_topic, decisions_topic = topic_name("mc.limiter.audit"), topic_name("mc.limiter.dec")
     settings = settings.model_copy(
@@ -237,7 +241,7 @@ async def test_throttle_levels_scale_and_are_audited(
     )
     task = asyncio.create_task(consumer.run())
     try:
-        async with grpc.aio.insecure_channel(running.address) as channel:
+        async with mc_trust_domain.channel(running.address) as channel:
             stub = svc_grpc.LimiterServiceStub(channel)
             ten_per_min = rule(scope=pb.RULE_SCOPE_TENANT)
             ten_per_min.limits[0].limit = 10

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -13,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common.server import RunningServer, start_server
 from mc_common.signing import PemSigner
+from mc_common.testing.identity import TestTrustDomain
 from mc_pql.app import PqlApp
 from mc_pql.settings import PqlSettings
 
@@ -65,6 +65,8 @@ async def pql_server(pql_app: PqlApp, pql_settings: PqlSettings) -> AsyncIterato
 
 
 @pytest.fixture
-async def stub(pql_server: RunningServer) -> AsyncIterator[svc_grpc.ProvenanceServiceStub]:
-    async with grpc.aio.insecure_channel(pql_server.address) as channel:
+async def stub(
+    pql_server: RunningServer, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[svc_grpc.ProvenanceServiceStub]:
+    async with mc_trust_domain.channel(pql_server.address) as channel:
         yield svc_grpc.ProvenanceServiceStub(channel)

@@ -20,6 +20,7 @@ from mc.pql.v1 import receipt_log_service_pb2_grpc as log_grpc
 from mc_common.receipts.merkle import leaf_hash, verify_consistency, verify_inclusion
 from mc_common.receipts.note import NoteVerifier, open_checkpoint
 from mc_common.server import RunningServer
+from mc_common.testing.identity import TestTrustDomain
 from mc_pql.app import PqlApp
 from mc_pql.settings import PqlSettings
 
@@ -28,8 +29,10 @@ LogStub = log_grpc.ReceiptLogServiceStub
 
 
 @pytest.fixture
-async def log_stub(pql_server: RunningServer) -> AsyncIterator[LogStub]:
-    async with grpc.aio.insecure_channel(pql_server.address) as channel:
+async def log_stub(
+    pql_server: RunningServer, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[LogStub]:
+    async with mc_trust_domain.channel(pql_server.address) as channel:
         yield log_grpc.ReceiptLogServiceStub(channel)
 
 

@@ -14,18 +14,21 @@ from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc.pql.v1 import query_service_pb2 as q
 from mc.pql.v1 import query_service_pb2_grpc as q_grpc
 from mc_common.server import start_server
+from mc_common.testing.identity import TestTrustDomain
 from mc_common.testing.infra import free_port
 from mc_common.testing.promtool import promtool_problems
 from mc_pql.app import PqlApp
 from mc_pql.settings import PqlSettings
 
 
-async def test_exposition_passes_promtool(pql_settings: PqlSettings) -> None:
+async def test_exposition_passes_promtool(
+    pql_settings: PqlSettings, mc_trust_domain: TestTrustDomain
+) -> None:
     settings = pql_settings.model_copy(update={"metrics_port": free_port()})
     app = await PqlApp.create(settings)
     running = await start_server(settings, app.spec())
     try:
-        async with grpc.aio.insecure_channel(running.address) as channel:
+        async with mc_trust_domain.channel(running.address) as channel:
             stub = svc_grpc.ProvenanceServiceStub(channel)
             await stub.RecordReceipt(record("exec-1"), metadata=md("acme"))
             with pytest.raises(grpc.aio.AioRpcError):

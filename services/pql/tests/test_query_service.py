@@ -25,6 +25,7 @@ from mc.pql.v1 import query_service_pb2 as q
 from mc.pql.v1 import query_service_pb2_grpc as q_grpc
 from mc_common.errors import status_details
 from mc_common.server import RunningServer, start_server
+from mc_common.testing.identity import TestTrustDomain
 from mc_pql.app import PqlApp
 from mc_pql.settings import PqlSettings
 
@@ -33,8 +34,12 @@ PARAMS = {"region": "us-east-1", "min_cost": 1000, "digest": "ab" * 32}
 
 
 @pytest.fixture
-async def server(pql_settings: PqlSettings) -> AsyncIterator[tuple[RunningServer, PqlApp]]:
-    settings = pql_settings.model_copy(update={"query_row_cap": 5})
+async def server(
+    pql_settings: PqlSettings, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[tuple[RunningServer, PqlApp]]:
+    # Serves as the `pql` workload: the CLI test below verifies that name, as in production.
+    identity = mc_trust_domain.settings("pql")
+    settings = pql_settings.model_copy(update={"query_row_cap": 5, "identity": identity})
     app = await PqlApp.create(settings)
     running = await start_server(settings, app.spec())
     yield running, app
@@ -44,9 +49,9 @@ async def server(pql_settings: PqlSettings) -> AsyncIterator[tuple[RunningServer
 
 @pytest.fixture
 async def stubs(
-    server: tuple[RunningServer, PqlApp],
+    server: tuple[RunningServer, PqlApp], mc_trust_domain: TestTrustDomain
 ) -> AsyncIterator[tuple[svc_grpc.ProvenanceServiceStub, q_grpc.QueryServiceStub]]:
-    async with grpc.aio.insecure_channel(server[0].address) as channel:
+    async with mc_trust_domain.channel(server[0].address, server="pql") as channel:
         yield svc_grpc.ProvenanceServiceStub(channel), q_grpc.QueryServiceStub(channel)
 
 
@@ -167,12 +172,14 @@ async def test_row_cap_truncates_explicitly(stubs) -> None:  # type: ignore[no-u
     assert not complete.result.truncated and complete.result.total_estimate == 1
 
 
-async def test_cost_guard_refuses_before_running(pql_settings: PqlSettings) -> None:
+async def test_cost_guard_refuses_before_running(
+    pql_settings: PqlSettings, mc_trust_domain: TestTrustDomain
+) -> None:
     settings = pql_settings.model_copy(update={"query_max_cost": 2.5})
     app = await PqlApp.create(settings)
     running = await start_server(settings, app.spec())
     try:
-        async with grpc.aio.insecure_channel(running.address) as channel:
+        async with mc_trust_domain.channel(running.address) as channel:
             prov = svc_grpc.ProvenanceServiceStub(channel)
             query = q_grpc.QueryServiceStub(channel)
             await seed(prov, "acme", 3)
@@ -374,7 +381,11 @@ async def test_no_query_text_or_parameter_gets_internal(stubs) -> None:  # type:
 
 
 async def test_cli_runs_explains_exports_and_searches(
-    stubs, server, capsys: pytest.CaptureFixture[str]
+    stubs,
+    server,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    mc_trust_domain: TestTrustDomain,
 ) -> None:  # type: ignore[no-untyped-def]
     import asyncio
 
@@ -382,6 +393,8 @@ async def test_cli_runs_explains_exports_and_searches(
 
     prov, _ = stubs
     await seed(prov, "acme", 2)
+    for key, value in mc_trust_domain.env("gateway").items():  # the CLI calls as the gateway
+        monkeypatch.setenv(key, value)
     address = ["--tenant", "acme", "--address", server[0].address]
     code = await asyncio.to_thread(
         main, ["pql", "run", *address, "FIND COUNT(receipts) GROUP BY package SINCE 1d"]

@@ -27,6 +27,7 @@ from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc.pql.v1 import receipt_log_service_pb2 as log_pb
 from mc.pql.v1 import receipt_log_service_pb2_grpc as log_grpc
 from mc_common.server import RunningServer
+from mc_common.testing.identity import TestTrustDomain
 from mc_pql.app import PqlApp
 from mc_pql.client_statement import client_statement_bytes
 
@@ -34,8 +35,10 @@ Stub = svc_grpc.ProvenanceServiceStub
 
 
 @pytest.fixture
-async def log_stub(pql_server: RunningServer) -> AsyncIterator[log_grpc.ReceiptLogServiceStub]:
-    async with grpc.aio.insecure_channel(pql_server.address) as channel:
+async def log_stub(
+    pql_server: RunningServer, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[log_grpc.ReceiptLogServiceStub]:
+    async with mc_trust_domain.channel(pql_server.address) as channel:
         yield log_grpc.ReceiptLogServiceStub(channel)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import grpc
 import psycopg
 import pytest
 from pql_support import OPERATOR, md, record
@@ -18,6 +17,7 @@ from mc.pql.v1 import receipt_log_service_pb2 as log_pb
 from mc.pql.v1 import receipt_log_service_pb2_grpc as log_grpc
 from mc_common.server import start_server
 from mc_common.signing import PemSigner
+from mc_common.testing.identity import TestTrustDomain
 from mc_pql.app import PqlApp
 from mc_pql.settings import PqlSettings
 
@@ -52,11 +52,12 @@ async def role_app(
 
 async def test_the_runtime_role_records_and_serves_but_cannot_rewrite(
     role_app: tuple[PqlApp, str],
+    mc_trust_domain: TestTrustDomain,
 ) -> None:
     app, runtime_dsn = role_app
     server = await start_server(app.settings, app.spec())
     try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with mc_trust_domain.channel(server.address) as channel:
             stub = svc_grpc.ProvenanceServiceStub(channel)
             stored = (await stub.RecordReceipt(record("e1", 1), metadata=md("acme"))).receipt
             got = await stub.GetReceipt(

@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 import pytest
 from aiokafka import AIOKafkaConsumer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,6 +18,7 @@ from mc.pql.v1 import receipt_log_service_pb2_grpc as log_grpc
 from mc_common.events.envelope import decode_envelope
 from mc_common.receipts.note import COSIGNATURE_V1, NoteSigner, NoteVerifier, SignedNote
 from mc_common.server import RunningServer, start_server
+from mc_common.testing.identity import TestTrustDomain
 from mc_pql.app import PqlApp
 from mc_pql.settings import PqlSettings
 
@@ -95,6 +95,7 @@ async def test_checkpoints_flow_through_kafka_to_the_witness(
     kafka_bootstrap: str,
     topic_name: Callable[[str], str],
     tmp_path: Path,
+    mc_trust_domain: TestTrustDomain,
 ) -> None:
     topic, cosigned_topic = topic_name("mc.receipts.checkpoints"), topic_name("cosigned")
     settings = pql_settings.model_copy(
@@ -107,7 +108,7 @@ async def test_checkpoints_flow_through_kafka_to_the_witness(
     stop = asyncio.Event()
     witness_task: asyncio.Task[None] | None = None
     try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with mc_trust_domain.channel(server.address) as channel:
             from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 
             stub = svc_grpc.ProvenanceServiceStub(channel)
@@ -126,6 +127,8 @@ async def test_checkpoints_flow_through_kafka_to_the_witness(
                     cosigned_topic=cosigned_topic,
                     group_id=topic_name("witness"),
                     stop=stop,
+                    identity=mc_trust_domain.identity("gateway"),
+                    server="test-server",
                 )
             )
             for i in range(3):

@@ -19,6 +19,7 @@ from mc.pql.v1 import provenance_service_pb2 as svc
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common.signing import PemSigner
 from mc_common.testing import infra
+from mc_common.testing.identity import TestTrustDomain
 from mc_pql.settings import PqlSettings
 
 
@@ -27,7 +28,9 @@ def test_workers_need_a_fixed_port(service_key: Path) -> None:
         PqlSettings(signing_key_path=service_key, workers=2, grpc_port=0)
 
 
-async def test_workers_share_the_port_and_the_chains(pg_dsn: str, tmp_path: Path) -> None:
+async def test_workers_share_the_port_and_the_chains(
+    pg_dsn: str, tmp_path: Path, mc_trust_domain: TestTrustDomain
+) -> None:
     key = tmp_path / "key.pem"
     PemSigner.generate().save(key)
     port = infra.free_port()
@@ -46,9 +49,7 @@ async def test_workers_share_the_port_and_the_chains(pg_dsn: str, tmp_path: Path
     try:
         # Separate connections (no shared subchannels), so the kernel spreads them over workers.
         options = [("grpc.use_local_subchannel_pool", 1)]
-        channels = [
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(8)
-        ]
+        channels = [mc_trust_domain.channel(f"127.0.0.1:{port}", options=options) for _ in range(8)]
         for channel in channels:
             await _until_serving(channel, proc, log)
         assert len(_workers(proc.pid)) == 2

@@ -4,6 +4,13 @@
 embedded one), starts a Tansu Kafka broker, starts every service as a child process with its
 settings in the environment (each applies its own migrations at start-up), waits until all
 report SERVING on gRPC health, prints their endpoints, and stops everything on Ctrl-C.
+
+Identity: the fleet is a trust domain of its own, `mc.dev`. Its CA lives in
+`<data-dir>/identity/ca` (made on first use, kept across runs); each `dev up` issues fresh
+SVIDs to every service and to the CLI (`maestro-cli`) and gateway clients, so services serve
+mTLS exactly as in production, and the CLI calls them with its SVID. The dev fleet allows
+`maestro-cli` beside the gateway to assert tenants and operators (production allows only the
+gateway). `MC_IDENTITY_MODE=plaintext-dev` runs everything in plaintext on loopback instead.
 """
 
 from __future__ import annotations
@@ -22,8 +29,17 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mc_common.identity import IdentitySettings, WorkloadIdentity
+from mc_common.identity.ca import TrustDomainCA
 from mc_common.manifest import DevContext, ServiceManifest, load_services
 from mc_common.testing import infra
+
+DEV_TRUST_DOMAIN = "mc.dev"
+DEV_NAMESPACE = "mc"
+CLI_CALLER = "maestro-cli"
+# The callers the dev fleet believes: the gateway (as in production) and the CLI.
+DEV_CALLERS = ("gateway", CLI_CALLER)
+IDENTITY_PREFIX = "MC_IDENTITY_"
 
 
 class FleetError(RuntimeError):
@@ -80,10 +96,17 @@ class Fleet:
 
     def start_services(self) -> None:
         assert self.infra is not None
+        plaintext = os.environ.get("MC_IDENTITY_MODE") == "plaintext-dev"
+        ca = None if plaintext else issue_dev_svids(self.data_dir, [*DEV_CALLERS])
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(IDENTITY_PREFIX)}
         for definition in self.selected or select_services(self.only):
             grpc_port = _port_or_free(definition.grpc_port)
             metrics_port = _port_or_free(definition.metrics_port)
-            env = {**os.environ, **definition.env(self.infra, grpc_port, metrics_port)}
+            env = {
+                **inherited,
+                **definition.env(self.infra, grpc_port, metrics_port),
+                **identity_env(self.data_dir, definition.name, ca),
+            }
             log_path = self.data_dir / f"{definition.name}.log"
             log_file = log_path.open("ab")
             process = subprocess.Popen(
@@ -100,8 +123,10 @@ class Fleet:
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Block until every service reports SERVING; raise with its log tail if one dies."""
         deadline = time.monotonic() + timeout
+        identity = dev_identity(self.data_dir)
         for service in self.services:
-            with grpc.insecure_channel(service.address) as channel:
+            name = service.definition.name
+            with identity.sync_channel(service.address, server=name) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while True:
                     if service.process.poll() is not None:
@@ -164,6 +189,54 @@ class Fleet:
             yield self
         finally:
             self.stop()
+
+
+def issue_dev_svids(data_dir: Path, callers: list[str]) -> TrustDomainCA:
+    """The dev trust domain's CA (made once) and fresh SVIDs for the clients in `callers`."""
+    ca = TrustDomainCA.load_or_create(data_dir / "identity" / "ca", DEV_TRUST_DOMAIN)
+    for caller in callers:
+        ca.write_svid(data_dir / "identity" / caller, caller, namespace=DEV_NAMESPACE)
+    return ca
+
+
+def identity_env(data_dir: Path, service: str, ca: TrustDomainCA | None) -> dict[str, str]:
+    """`MC_IDENTITY_*` of a dev fleet service: a fresh SVID from `ca`, or plaintext-dev."""
+    if ca is None:
+        return {"MC_IDENTITY_MODE": "plaintext-dev", "MC_IDENTITY_PLAINTEXT_PEER": "gateway"}
+    svid_dir = data_dir / "identity" / service
+    ca.write_svid(svid_dir, service, namespace=DEV_NAMESPACE)
+    return {
+        "MC_IDENTITY_MODE": "mtls",
+        "MC_IDENTITY_TRUST_DOMAIN": DEV_TRUST_DOMAIN,
+        "MC_IDENTITY_NAMESPACE": DEV_NAMESPACE,
+        "MC_IDENTITY_SVID_DIR": str(svid_dir),
+        "MC_IDENTITY_TENANT_CALLERS": ",".join(DEV_CALLERS),
+        "MC_IDENTITY_OPERATOR_CALLERS": ",".join(DEV_CALLERS),
+        "MC_IDENTITY_FRONT_DOOR": "gateway",
+    }
+
+
+def dev_identity(data_dir: Path, caller: str = CLI_CALLER) -> WorkloadIdentity:
+    """The identity a client calls the dev fleet with: `caller`'s SVID under `data_dir`
+    (plaintext when MC_IDENTITY_MODE=plaintext-dev)."""
+    if os.environ.get("MC_IDENTITY_MODE") == "plaintext-dev":
+        return WorkloadIdentity(IdentitySettings(mode="plaintext-dev"), None)
+    settings = IdentitySettings(
+        mode="mtls",
+        trust_domain=DEV_TRUST_DOMAIN,
+        namespace=DEV_NAMESPACE,
+        svid_dir=data_dir / "identity" / caller,
+    )
+    return WorkloadIdentity.from_settings(settings)
+
+
+def client_identity(data_dir: Path) -> WorkloadIdentity:
+    """Whose SVID the CLI calls with: the one MC_IDENTITY_* names (SVID files, or
+    plaintext-dev mode), else the dev fleet's `maestro-cli` SVID under `data_dir`."""
+    configured = ("MC_IDENTITY_SVID_DIR", "MC_IDENTITY_CERT_FILE", "MC_IDENTITY_MODE")
+    if any(os.environ.get(name) for name in configured):
+        return WorkloadIdentity.from_settings(IdentitySettings())
+    return dev_identity(data_dir)
 
 
 def _port_or_free(preferred: int) -> int:

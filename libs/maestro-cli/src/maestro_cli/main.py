@@ -11,7 +11,8 @@ import threading
 from pathlib import Path
 
 from maestro_cli import pql
-from maestro_cli.fleet import Fleet, read_endpoint
+from maestro_cli.fleet import Fleet, client_identity, read_endpoint
+from mc_common.identity import IdentityError
 
 EXIT_OK, EXIT_BROKEN, EXIT_ERROR = 0, 1, 2
 
@@ -85,6 +86,7 @@ def _receipts_witness(args: argparse.Namespace) -> int:
             cosigned_topic=args.cosigned_topic,
             group_id=args.group,
             stop=stop,
+            identity=client_identity(Path(args.data_dir)),
         )
 
     asyncio.run(run())
@@ -173,7 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except IdentityError as exc:  # no usable SVID for the CLI
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

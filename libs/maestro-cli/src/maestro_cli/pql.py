@@ -17,7 +17,7 @@ from typing import IO, Any
 import grpc
 from google.protobuf import struct_pb2
 
-from maestro_cli.fleet import read_endpoint
+from maestro_cli.fleet import client_identity, read_endpoint
 
 EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 _REFUSED = (
@@ -72,8 +72,9 @@ def _common(parser: argparse.ArgumentParser, *, params: bool = True) -> None:
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """mTLS to the provenance service with the CLI's SVID (see `client_identity`)."""
     address = args.address or read_endpoint(Path(args.data_dir), "pql") or "127.0.0.1:7301"
-    return grpc.insecure_channel(address)
+    return client_identity(Path(args.data_dir)).sync_channel(address, server="pql")
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, struct_pb2.Value]:

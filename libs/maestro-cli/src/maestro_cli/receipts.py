@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import grpc
 
+from maestro_cli.fleet import client_identity
 from mc.pql.v1 import provenance_pb2 as pb
 from mc.pql.v1 import receipt_log_service_pb2 as log_pb
 from mc.pql.v1 import receipt_log_service_pb2_grpc as log_grpc
@@ -95,7 +96,7 @@ def verify_log(args: argparse.Namespace, address: str) -> int:
         else state_dir(args.data_dir) / f"{args.tenant}.checkpoint"
     )
     try:
-        with grpc.insecure_channel(address) as channel:
+        with _channel(args, address) as channel:
             stub = log_grpc.ReceiptLogServiceStub(channel)
             verifier = _pinned_key(args, stub, target)
             return _verify(args, stub, target, verifier, saved_path)
@@ -203,11 +204,16 @@ def audit(
 # -- keys, export and offline verification ------------------------------------------------------
 
 
+def _channel(args: argparse.Namespace, address: str) -> grpc.Channel:
+    """mTLS to the provenance service with the CLI's SVID (see `client_identity`)."""
+    return client_identity(Path(args.data_dir)).sync_channel(address, server="pql")
+
+
 def export_keys(args: argparse.Namespace, address: str) -> int:
     """`maestro receipts keys --tenant T --out FILE`: the published verification keys."""
     target = Target(address, args.tenant)
     try:
-        with grpc.insecure_channel(address) as channel:
+        with _channel(args, address) as channel:
             keys = log_grpc.ReceiptLogServiceStub(channel).GetVerificationKeys(
                 log_pb.GetVerificationKeysRequest(), metadata=target.metadata, timeout=30
             )
@@ -244,7 +250,7 @@ def export_receipts(args: argparse.Namespace, address: str) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        with grpc.insecure_channel(address) as channel:
+        with _channel(args, address) as channel:
             stub = log_grpc.ReceiptLogServiceStub(channel)
             keys = stub.GetVerificationKeys(
                 log_pb.GetVerificationKeysRequest(), metadata=target.metadata, timeout=30

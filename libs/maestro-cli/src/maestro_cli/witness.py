@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mc_common.identity import WorkloadIdentity
 from mc_common.receipts.merkle import ProofError, verify_consistency
 from mc_common.receipts.note import NoteError, NoteSigner, NoteVerifier, open_checkpoint
 
@@ -131,10 +132,11 @@ async def run_witness(
     cosigned_topic: str,
     group_id: str,
     stop: asyncio.Event,
+    identity: WorkloadIdentity,
+    server: str = "pql",
 ) -> None:
     """Consume `topic` until `stop` is set: co-sign what is consistent, publish it to
     `cosigned_topic`, and print every refusal."""
-    import grpc
 
     from mc.pql.v1 import receipt_log_service_pb2 as log_pb
     from mc.pql.v1 import receipt_log_service_pb2_grpc as log_grpc
@@ -143,7 +145,7 @@ async def run_witness(
     from mc_common.events.publisher import EventPublisher
 
     async with (
-        grpc.aio.insecure_channel(address) as channel,
+        identity.channel(address, server=server) as channel,
         EventPublisher(bootstrap, source="maestro-witness") as publisher,
     ):
         stub = log_grpc.ReceiptLogServiceStub(channel)

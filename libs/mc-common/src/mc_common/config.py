@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mc_common.identity.settings import IdentitySettings
+
 
 class ServiceSettings(BaseSettings):
     """Fields every service has. Subclass it per service with `env_prefix="MC_<NAME>_"`."""
@@ -24,3 +26,15 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_s: float = Field(5.0, ge=0, description="Grace period for in-flight RPCs.")
     otel_exporter: Literal["none", "console"] = Field("none", description="Span exporter.")
     reflection: bool = Field(True, description="Serve gRPC server reflection.")
+    health_host: str = Field("127.0.0.1", description="Address of the plaintext health port.")
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Plaintext side port serving only grpc.health.v1 (for Kubernetes probes, "
+        "which cannot speak mTLS); unset disables it.",
+    )
+    identity: IdentitySettings = Field(
+        default_factory=IdentitySettings,
+        description="This workload's SVID and allow lists (MC_IDENTITY_*, whatever the prefix).",
+    )

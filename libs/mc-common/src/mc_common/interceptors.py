@@ -1,8 +1,9 @@
 """The gRPC interceptors every MC server and client uses.
 
 Server side, `ServerInterceptor` does, in order: metrics, logs, and the one place where domain
-errors become gRPC statuses; binds tenant and principal from metadata and enforces each RPC's
-declared access rule; enforces the request rules declared in the protos. Wrapped handlers are
+errors become gRPC statuses; authorizes the peer (its SPIFFE ID, from its verified client
+certificate) for the RPC's access rule and for the tenant and principal it asserts, then binds
+them; enforces the request rules declared in the protos. Wrapped handlers are
 cached per method, so the per-call cost is the wrapper itself. Client side,
 `TenantClientInterceptor` forwards the tenant context.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -20,11 +21,13 @@ from google.protobuf.message import DecodeError, Message
 
 from mc.common.v1 import options_pb2
 from mc_common.errors import ERROR_DOMAIN, InvalidArgument, MCError
+from mc_common.identity.authz import PeerPolicy
 from mc_common.metrics import SERVER_STREAM, RpcMetrics
 from mc_common.tenancy import (
     PRINCIPAL_HEADER,
     TENANT_HEADER,
     Principal,
+    _peer,
     _principal,
     _tenant,
     outgoing_metadata,
@@ -88,8 +91,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     1. Observability: times and counts every RPC, logs failures, and is the one place where
        domain errors become rich gRPC statuses (undecodable request bytes included).
-    2. Tenancy: binds tenant and principal from metadata and enforces the RPC's declared
-       access rule (the `(mc.common.v1.access)` option, ADR 0002).
+    2. Identity and tenancy: authorizes the peer's SPIFFE ID for the RPC's declared access
+       rule (the `(mc.common.v1.access)` option, ADR 0002) and for the tenant and principal
+       metadata it sends (`PeerPolicy`, ADR 0040), then binds them.
     3. Validation: enforces the request rules declared in the protos (PGV, ADR 0001).
 
     They are one wrapper rather than three interceptors because grpc.aio runs each interceptor
@@ -104,11 +108,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         metrics: RpcMetrics,
         access_overrides: Mapping[str, Access] | None = None,
         *,
+        policy: PeerPolicy,
+        front_door_methods: Collection[str] = (),
         error_domain: str = ERROR_DOMAIN,
     ) -> None:
         self._metrics = metrics
         self._error_domain = error_domain
         self._overrides = dict(access_overrides or {})
+        self._policy = policy
+        self._front_door = frozenset(front_door_methods)
         self._cache: dict[str, Handler | None] = {}  # wrapped handlers, when an interceptor
 
     async def intercept_service(
@@ -169,18 +177,32 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _binder(self, method: str) -> Callable[[Ctx], None]:
         access = method_access(method, self._overrides)
+        policy = self._policy
+        front_door_only = method in self._front_door
 
         def bind(context: Ctx) -> None:
             # Each RPC runs in its own task, so the contextvars set here die with the call.
-            tenant: str | None = None
-            principal: Principal | None = None
+            raw_tenant: str | None = None
+            raw_principal: str | None = None
             for key, value in context.invocation_metadata() or ():
                 if key == TENANT_HEADER:
-                    tenant = validate_tenant_id(str(value))
+                    raw_tenant = str(value)
                 elif key == PRINCIPAL_HEADER:
-                    principal = Principal.parse(str(value))
-            _tenant.set(tenant)
-            _principal.set(principal)
+                    raw_principal = str(value)
+            # Who is asking decides what of the metadata is believed, so the peer is
+            # authorized before the metadata is even parsed.
+            peer = policy.peer(context)
+            policy.authorize(
+                method,
+                access,
+                peer,
+                tenant=raw_tenant is not None,
+                principal_kind=None if raw_principal is None else _kind(raw_principal),
+                front_door_only=front_door_only,
+            )
+            _peer.set(peer)
+            _tenant.set(None if raw_tenant is None else validate_tenant_id(raw_tenant))
+            _principal.set(None if raw_principal is None else Principal.parse(raw_principal))
             if access == options_pb2.ACCESS_OPERATOR:
                 require_operator()
             elif access == options_pb2.ACCESS_TENANT:
@@ -244,6 +266,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 observe(time.perf_counter() - start, code, sent)
 
         return wrapper
+
+
+def _kind(raw_principal: str) -> str:
+    kind, sep, _ = raw_principal.partition(":")
+    return kind if sep else "user"  # as Principal.parse reads it
 
 
 def _validate(request: Any) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from mc_common.tenancy import current_principal, current_tenant
+from mc_common.tenancy import current_peer, current_principal, current_tenant
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -35,6 +35,8 @@ class JsonFormatter(logging.Formatter):
             entry["tenant"] = tenant
         if (principal := current_principal()) is not None:
             entry["principal"] = str(principal)
+        if (peer := current_peer()) is not None:
+            entry["peer"] = peer
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
             entry["trace_id"] = f"{span.trace_id:032x}"

@@ -2,8 +2,10 @@
 
 `start_server()` returns a running server (tests use it directly); `serve()` runs one until
 SIGTERM/SIGINT and shuts it down gracefully. Both add OpenTelemetry tracing (when an exporter is
-configured) and `ServerInterceptor` (metrics and error mapping, tenant context, request
-validation); then health (per service), reflection and the Prometheus side port.
+configured) and `ServerInterceptor` (metrics and error mapping, peer authorization and tenant
+context, request validation); then health (per service), reflection, the Prometheus side port
+and the plaintext health port. The gRPC port serves mTLS with the workload's SVID and requires
+a client certificate (`mc_common.identity`); plaintext only in plaintext-dev mode, on loopback.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from mc_common.config import ServiceSettings
 from mc_common.errors import service_domain
+from mc_common.identity import PeerPolicy, WorkloadIdentity
 from mc_common.interceptors import Access, Handler, ServerInterceptor
 from mc_common.logs import configure_logging
 from mc_common.metrics import RpcMetrics, add_runtime_collectors, serve_metrics
@@ -49,6 +52,9 @@ class ServiceSpec:
     service_names: Sequence[str]
     register: Callable[[grpc.aio.Server], None]
     access_overrides: Mapping[str, Access] = field(default_factory=dict)
+    # Methods (`/pkg.Service/Method`) only the front door (gateway, Envoy) may call, such as
+    # Envoy's rate limit service: IdentitySettings.front_door lists its SPIFFE IDs.
+    front_door_methods: Collection[str] = ()
     tracing: bool = True
     registry: CollectorRegistry | None = None  # the service's own metrics, served beside RPCs
     # Bind with SO_REUSEPORT, so that sibling worker processes can serve the same port (the
@@ -107,7 +113,10 @@ class RunningServer:
     health: HealthServicer
     registry: CollectorRegistry
     spec: ServiceSpec
+    identity: WorkloadIdentity
     metrics_server: Any = None
+    health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -126,6 +135,8 @@ class RunningServer:
         """Report NOT_SERVING, let in-flight RPCs finish within `grace`, then stop."""
         await self.set_serving(False)
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
@@ -137,8 +148,14 @@ async def start_server(
     *,
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
+    identity: WorkloadIdentity | None = None,
 ) -> RunningServer:
-    """Build, bind and start the server for `spec`; the port is in the result."""
+    """Build, bind and start the server for `spec`; the port is in the result.
+
+    `identity` defaults to the SVID `settings.identity` points at; without one (and outside
+    plaintext-dev mode) the server does not start (`IdentityError`).
+    """
+    identity = identity or WorkloadIdentity.from_settings(settings.identity)
     registry = registry or spec.registry or CollectorRegistry()
     add_runtime_collectors(registry)
     interceptors: list[Any] = []
@@ -162,6 +179,8 @@ async def start_server(
     interceptor = ServerInterceptor(
         RpcMetrics(registry, spec.name),
         spec.access_overrides,
+        policy=PeerPolicy(settings.identity),
+        front_door_methods=spec.front_door_methods,
         error_domain=service_domain(spec.name),
     )
     registrar = _WrappingRegistrar(server, interceptor)
@@ -177,17 +196,35 @@ async def start_server(
             ],
             registrar,  # type: ignore[arg-type]
         )
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    port = identity.add_port(server, f"{settings.grpc_host}:{settings.grpc_port}")
     if port == 0:
         raise RuntimeError(f"could not bind {settings.grpc_host}:{settings.grpc_port}")
     await server.start()
-    running = RunningServer(server, port, health_servicer, registry, spec)
+    running = RunningServer(server, port, health_servicer, registry, spec, identity)
+    if settings.health_port is not None:
+        running.health_server, running.health_port = await _serve_health(
+            health_servicer, settings.health_host, settings.health_port
+        )
     if settings.metrics_port is not None:
         running.metrics_server = serve_metrics(
             registry, settings.metrics_host, settings.metrics_port
         )
     await running.set_serving(True)
     return running
+
+
+async def _serve_health(
+    servicer: HealthServicer, host: str, port: int
+) -> tuple[grpc.aio.Server, int]:
+    """grpc.health.v1 alone, in plaintext, for Kubernetes probes (they cannot present an SVID).
+    It tells serving status and nothing else, so it needs no identity (ADR 0040)."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)  # type: ignore[arg-type]
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"could not bind the health port {host}:{port}")
+    await server.start()
+    return server, bound
 
 
 async def serve(
@@ -208,6 +245,7 @@ async def serve(
         "serving",
         extra={
             "port": running.port,
+            "spiffe_id": running.identity.spiffe_id or "(plaintext-dev)",
             "services": list(spec.service_names),
             "region": settings.region,
         },

@@ -2,7 +2,9 @@
 
 The gateway authenticates a caller and sets `x-mc-tenant` and `x-mc-principal`; services read
 them through `current_tenant()` / `current_principal()`, and the client interceptor forwards them
-on outgoing calls so the tenant follows a request through the fleet.
+on outgoing calls so the tenant follows a request through the fleet. A server believes that
+metadata only from peers allowed to assert it (`mc_common.identity.PeerPolicy`);
+`current_peer()` is the SPIFFE ID of the caller's verified certificate (edge policy checks it).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Principal:
 
 _tenant: ContextVar[str | None] = ContextVar("mc_tenant", default=None)
 _principal: ContextVar[Principal | None] = ContextVar("mc_principal", default=None)
+_peer: ContextVar[str | None] = ContextVar("mc_peer", default=None)
 
 
 def validate_tenant_id(tenant: str, field: str = TENANT_HEADER) -> str:
@@ -68,6 +71,11 @@ def current_tenant() -> str | None:
 def current_principal() -> Principal | None:
     """The principal of the current call, if any."""
     return _principal.get()
+
+
+def current_peer() -> str | None:
+    """The SPIFFE ID of the immediate caller of the current call (from its verified SVID)."""
+    return _peer.get()
 
 
 def require_tenant() -> str:
@@ -93,15 +101,19 @@ def require_operator() -> Principal:
 
 
 @contextmanager
-def tenant_context(tenant: str | None, principal: Principal | None = None) -> Iterator[None]:
-    """Run a block as `tenant` / `principal` (used by consumers, CLIs and tests)."""
+def tenant_context(
+    tenant: str | None, principal: Principal | None = None, peer: str | None = None
+) -> Iterator[None]:
+    """Run a block as `tenant` / `principal`, called by `peer` (consumers, CLIs and tests)."""
     t_token = _tenant.set(tenant)
     p_token = _principal.set(principal)
+    peer_token = _peer.set(peer)
     try:
         yield
     finally:
         _tenant.reset(t_token)
         _principal.reset(p_token)
+        _peer.reset(peer_token)
 
 
 def outgoing_metadata() -> list[tuple[str, str]]:

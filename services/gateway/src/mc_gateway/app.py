@@ -91,7 +91,14 @@ async def start_gateway(settings: GatewaySettings, api: Api | None = None) -> Ru
     keys = KeyCache(store, settings.postgres_dsn, settings.key_cache_ttl_s)
     keys.start()
     grpc_server = await start_server(settings, key_service_spec(store))
-    upstreams = Upstreams({**settings.upstreams, SERVICE_NAME: grpc_server.address})
+    # Outbound calls present the SVID the gateway's own server holds.
+    identity = grpc_server.identity
+    own = identity.spiffe_id or settings.identity.id_of("gateway")
+    upstreams = Upstreams(
+        {**settings.upstreams, SERVICE_NAME: grpc_server.address},
+        identity,
+        {**settings.upstream_servers, SERVICE_NAME: own},
+    )
     exposed = api.only(s for s in api.services if upstreams.serves(s))
     jwks = tokens = None
     if settings.oidc_issuer and settings.oidc_jwks_url:
@@ -116,7 +123,7 @@ async def start_gateway(settings: GatewaySettings, api: Api | None = None) -> Ru
     closers: list[Any] = []
     limiter = None
     if settings.limiter_address:
-        channel = open_channel(settings.limiter_address)
+        channel = open_channel(identity, settings.limiter_address, settings.limiter_server)
         closers.append(channel.close)
         limiter = DoorLimiter(
             channel,

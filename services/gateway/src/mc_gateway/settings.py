@@ -30,6 +30,12 @@ class GatewaySettings(ServiceSettings):
         'prefix wins), e.g. {"mc.pql.v1": "127.0.0.1:7301"}. Services with no upstream are '
         "not exposed. mc.gateway.v1.ApiKeyService is always served by the gateway itself.",
     )
+    upstream_servers: dict[str, str] = Field(
+        default_factory=dict,
+        description="The workload each upstream must prove it is over mTLS (service name or "
+        "SPIFFE ID), by the same keys as `upstreams`; default: the package's service label "
+        '(`mc.pql.v1` -> `pql`), e.g. {"mc.policy.v1": "edge-policy"}.',
+    )
     default_timeout_s: float = Field(10.0, gt=0, description="Deadline without grpc-timeout.")
     max_timeout_s: float = Field(60.0, gt=0, description="Longest deadline a caller may ask.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body.")
@@ -71,6 +77,9 @@ class GatewaySettings(ServiceSettings):
     # Rate limiting at the door
     limiter_address: str | None = Field(
         None, description="Limiter gRPC address; unset disables rate limiting at the door."
+    )
+    limiter_server: str = Field(
+        "limiter", description="The workload the limiter must prove it is (mTLS)."
     )
     rate_limit_key: str = Field(
         "gateway:requests", description="Limiter key every request spends one unit of."

@@ -8,25 +8,39 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from mc_gateway.channels import open_channel
+from mc_common.identity import WorkloadIdentity
+from mc_gateway.channels import open_channel, upstream_server
 from mc_gateway.descriptors import Rpc
 
 
 def resolve(upstreams: Mapping[str, str], service: str) -> str | None:
     """The address serving `service`: the entry naming it, or its longest package prefix."""
-    best: tuple[int, str] | None = None
-    for prefix, address in upstreams.items():
+    key = resolve_key(upstreams, service)
+    return None if key is None else upstreams[key]
+
+
+def resolve_key(upstreams: Mapping[str, str], service: str) -> str | None:
+    """The entry of `upstreams` serving `service` (the longest covering prefix)."""
+    best: str | None = None
+    for prefix in upstreams:
         covers = service == prefix or service.startswith(prefix + ".")
-        if covers and (best is None or len(prefix) > best[0]):
-            best = (len(prefix), address)
-    return best[1] if best else None
+        if covers and (best is None or len(prefix) > len(best)):
+            best = prefix
+    return best
 
 
 class Upstreams:
     """Channels by address (one each, shared) and multicallables by RPC."""
 
-    def __init__(self, addresses: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        addresses: Mapping[str, str],
+        identity: WorkloadIdentity,
+        servers: Mapping[str, str] | None = None,
+    ) -> None:
         self._addresses = dict(addresses)
+        self._identity = identity
+        self._servers = dict(servers or {})  # upstream key -> the workload it must be
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unary: dict[str, Any] = {}
         self._stream: dict[str, Any] = {}
@@ -35,12 +49,14 @@ class Upstreams:
         return resolve(self._addresses, service) is not None
 
     def _channel(self, rpc: Rpc) -> grpc.aio.Channel:
-        address = resolve(self._addresses, rpc.service)
-        if address is None:
+        key = resolve_key(self._addresses, rpc.service)
+        if key is None:
             raise LookupError(f"no upstream for {rpc.service}")
+        address = self._addresses[key]
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = open_channel(address)
+            server = upstream_server(key, self._servers)
+            channel = self._channels[address] = open_channel(self._identity, address, server)
         return channel
 
     async def unary(

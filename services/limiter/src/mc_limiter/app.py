@@ -135,6 +135,9 @@ class LimiterApp:
             name="mc-limiter",
             service_names=[LIMITER_SERVICE, FAIRSHARE_SERVICE, RLS_SERVICE],
             register=register,
+            # Envoy's rate limit API carries no tenant credential: only the front door's
+            # SPIFFE IDs (MC_IDENTITY_FRONT_DOOR) may ask it (ADR 0040).
+            front_door_methods=[f"/{RLS_SERVICE}/ShouldRateLimit"],
             registry=self.registry,
         )
 

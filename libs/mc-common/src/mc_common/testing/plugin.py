@@ -17,6 +17,9 @@ Fixtures (all lazy: a broker or database is started only for tests that ask for 
 - `redis_prefix` (function): unique key prefix `mc-test:<hex>:`.
 - `redis_client` (function): `redis.asyncio.Redis` on that server; keys under `redis_prefix`
   are deleted after the test and the client is closed.
+- `mc_trust_domain` (session): a test CA for `mc.test` (`TestTrustDomain`); `MC_IDENTITY_*`
+  point every server started in the session at its `test-server` SVID (autouse), and
+  `mc_trust_domain.channel(address)` is an mTLS client channel calling as the gateway.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from redis.asyncio import Redis
 
 from mc_common.events.consumer import GroupTimings
 from mc_common.testing import infra
+from mc_common.testing.identity import TestTrustDomain
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +108,18 @@ async def redis_client(redis_server_url: str, redis_prefix: str) -> AsyncIterato
                 await client.delete(*keys)
         finally:
             await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def mc_trust_domain(tmp_path_factory: pytest.TempPathFactory) -> TestTrustDomain:
+    """The session's test trust domain (CA and SVIDs)."""
+    return TestTrustDomain(tmp_path_factory.mktemp("mc-identity"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mc_identity_env(mc_trust_domain: TestTrustDomain) -> Iterator[None]:
+    """Every server started in the session serves mTLS as `test-server`."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in mc_trust_domain.env().items():
+            patch.setenv(key, value)
+        yield

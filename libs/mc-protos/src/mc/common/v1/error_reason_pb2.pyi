@@ -54,6 +54,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_PAGE_TOKEN_INVALID is a page token that is not one this service issued for
     this caller and query (or has expired).
     """
+    ERROR_REASON_PEER_UNAUTHENTICATED: _ErrorReason.ValueType  # 15
+    """ERROR_REASON_PEER_UNAUTHENTICATED is a call whose transport carries no verified SPIFFE ID
+    (no client certificate).
+    """
+    ERROR_REASON_PEER_NOT_ALLOWED: _ErrorReason.ValueType  # 16
+    """ERROR_REASON_PEER_NOT_ALLOWED is a caller (by its SPIFFE ID) that may not call this RPC:
+    outside the trust domain, not the front door, or not the gateway for an operator RPC.
+    """
+    ERROR_REASON_IDENTITY_ASSERTION_NOT_ALLOWED: _ErrorReason.ValueType  # 17
+    """ERROR_REASON_IDENTITY_ASSERTION_NOT_ALLOWED is `x-mc-tenant` or `x-mc-principal` sent by a
+    caller that is not allowed to assert them.
+    """
     ERROR_REASON_EXECUTION_CONFLICT: _ErrorReason.ValueType  # 100
     """ERROR_REASON_EXECUTION_CONFLICT is an execution re-recorded with different content."""
     ERROR_REASON_SIGNATURE_INVALID: _ErrorReason.ValueType  # 101
@@ -187,6 +199,18 @@ ERROR_REASON_TENANT_MISMATCH: ErrorReason.ValueType  # 13
 ERROR_REASON_PAGE_TOKEN_INVALID: ErrorReason.ValueType  # 14
 """ERROR_REASON_PAGE_TOKEN_INVALID is a page token that is not one this service issued for
 this caller and query (or has expired).
+"""
+ERROR_REASON_PEER_UNAUTHENTICATED: ErrorReason.ValueType  # 15
+"""ERROR_REASON_PEER_UNAUTHENTICATED is a call whose transport carries no verified SPIFFE ID
+(no client certificate).
+"""
+ERROR_REASON_PEER_NOT_ALLOWED: ErrorReason.ValueType  # 16
+"""ERROR_REASON_PEER_NOT_ALLOWED is a caller (by its SPIFFE ID) that may not call this RPC:
+outside the trust domain, not the front door, or not the gateway for an operator RPC.
+"""
+ERROR_REASON_IDENTITY_ASSERTION_NOT_ALLOWED: ErrorReason.ValueType  # 17
+"""ERROR_REASON_IDENTITY_ASSERTION_NOT_ALLOWED is `x-mc-tenant` or `x-mc-principal` sent by a
+caller that is not allowed to assert them.
 """
 ERROR_REASON_EXECUTION_CONFLICT: ErrorReason.ValueType  # 100
 """ERROR_REASON_EXECUTION_CONFLICT is an execution re-recorded with different content."""
