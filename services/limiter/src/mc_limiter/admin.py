@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from mc_common.errors import InvalidArgument, Unavailable
 from mc_common.pagetokens import PageTokens
 from mc_limiter.audit import AuditEvent, AuditSink
+from mc_limiter.config_cache import ConfigCache
 from mc_limiter.planning import Planner
 from mc_limiter.rules import Matcher, Rule, StoredRule, parse_rule
 from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS
@@ -50,12 +51,19 @@ class Administration:
         planner: Planner,
         audit: AuditSink,
         page_tokens: PageTokens | None = None,
+        cache: ConfigCache | None = None,
+        on_stale: Callable[[bool], None] | None = None,
     ) -> None:
         self.store = store
         self._tokens = page_tokens
         self._planner = planner
         self._audit = audit
         self._lock = asyncio.Lock()  # one catch-up (or reload) at a time
+        self._cache = cache
+        self._saving: asyncio.Task[None] | None = None
+        self._on_stale = on_stale
+        # True while the configuration did not come from the store (degraded start).
+        self.stale = False
 
     async def reload(self) -> None:
         """Load the whole configuration now (start-up, or a replica too far behind).
@@ -69,6 +77,46 @@ class Administration:
         except SHARD_UNAVAILABLE_ERRORS as exc:
             raise Unavailable(f"limiter config store unreachable: {exc!r}") from exc
         self._planner.apply(snapshot)
+        self._set_stale(False)
+        self._save_soon()
+
+    async def start_degraded(self) -> None:
+        """Serve the last good configuration saved by ``cache`` (or none) until the store
+        answers: ``stale`` stays set, and the next refresh that reaches the store reloads."""
+        snapshot = await self._cache.load() if self._cache is not None else None
+        if snapshot is not None:
+            self._planner.apply(snapshot)
+        log.error(
+            "limiter config store unreachable at start-up: serving %s until it answers",
+            f"the saved configuration (version {snapshot.version}, {len(snapshot.rules)} rules)"
+            if snapshot is not None
+            else "no rules (no saved configuration)",
+        )
+        self._set_stale(True)
+
+    def _set_stale(self, stale: bool) -> None:
+        self.stale = stale
+        if self._on_stale is not None:
+            self._on_stale(stale)
+
+    def _save_soon(self) -> None:
+        """Save the configuration in the background (at most one save at a time; a save
+        starting later sees the newest configuration)."""
+        if self._cache is None or (self._saving is not None and not self._saving.done()):
+            return
+        self._saving = asyncio.get_running_loop().create_task(self._save())
+
+    async def _save(self) -> None:
+        assert self._cache is not None
+        saved = -1
+        while saved != self._planner.snapshot.version:
+            saved = self._planner.snapshot.version
+            await self._cache.save(self._planner.snapshot)
+
+    async def close(self) -> None:
+        """Finish a save in progress."""
+        if self._saving is not None:
+            await asyncio.gather(self._saving, return_exceptions=True)
 
     async def refresh_once(self) -> None:
         """Catch up with the store (the periodic refresh of every replica)."""
@@ -81,6 +129,9 @@ class Administration:
         """Apply the writes made since this replica's version, one change at a time, and
         forget only the cached plans they affect; load everything only when the changelog no
         longer reaches back to our version. Raises ``Unavailable``."""
+        if self.stale:
+            await self.reload()  # serving a saved configuration: the store's replaces it
+            return
         forgets = []
         try:
             async with self._lock:
@@ -96,6 +147,8 @@ class Administration:
                     await asyncio.sleep(0)  # between batches of changes
         except SHARD_UNAVAILABLE_ERRORS as exc:
             raise Unavailable(f"limiter config store unreachable: {exc!r}") from exc
+        if forgets:
+            self._save_soon()
         for forget in forgets:
             await forget
 

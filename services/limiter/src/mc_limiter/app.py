@@ -68,6 +68,7 @@ class LimiterApp:
             region_sync_ms=settings.region_sync_ms,
             fallback_share=settings.fallback_share,
             unmatched=UnmatchedPolicy(settings.unmatched),
+            config_snapshot_path=settings.config_snapshot_path,
         )
         peers = [
             RegionPeer(

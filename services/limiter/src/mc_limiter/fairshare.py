@@ -262,7 +262,7 @@ class FairShareDispatcher:
         default_lease_ms: int = 30_000,
         tombstone_ms: int = 300_000,
         collect_ms: int = 0,
-        call_timeout_ms: int = 1_000,
+        call_timeout_ms: int = 5_000,
         clock: Callable[[], int] | None = None,
     ) -> None:
         if not key_prefix:

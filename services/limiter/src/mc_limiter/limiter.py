@@ -21,10 +21,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from mc_common.errors import MCError
+from mc_common.errors import MCError, Unavailable
 from mc_common.pagetokens import PageTokens
 from mc_limiter.admin import Administration, RulePage
 from mc_limiter.audit import AuditEvent, AuditSink, NullAuditSink
+from mc_limiter.config_cache import ConfigCache
 from mc_limiter.decisions import CheckRequest, Decision
 from mc_limiter.denials import DenyAggregator, DenySink
 from mc_limiter.execution import Executor, unmatched_decision
@@ -109,11 +110,14 @@ class Limiter:
             peer_names=lambda: self._sync.peer_names,
             rng=rng or random.Random(),
         )
+        snapshot_path = self.options.config_snapshot_path
         self.admin = Administration(
             RuleStore(config or self.router.shards[0].client, self.options.key_prefix),
             self.planner,
             audit_sink or NullAuditSink(),
             page_tokens,
+            cache=ConfigCache(snapshot_path) if snapshot_path else None,
+            on_stale=lambda stale: self.metrics.config_stale.set(1 if stale else 0),
         )
         self._refresh = Periodic(
             "limiter-config", self.options.config_refresh_ms / 1000, self.admin.refresh_once
@@ -129,7 +133,12 @@ class Limiter:
         """Build from ``{shard name: redis url}``; the limiter owns and closes the clients."""
         options: LimiterOptions = kwargs.get("options") or LimiterOptions()
         shards = [Shard.from_url(n, u, options.socket_timeout_ms) for n, u in urls.items()]
-        config = Redis.from_url(config_url) if config_url else None
+        timeout_s = max(1.0, options.socket_timeout_ms / 1000)
+        config = (
+            Redis.from_url(config_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+            if config_url
+            else None
+        )
         limiter = cls(shards, config=config, **kwargs)
         limiter._owned_clients = [s.client for s in shards] + ([config] if config else [])
         return limiter
@@ -141,11 +150,16 @@ class Limiter:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        """Load scripts and configuration, start background loops. Raises
-        ``Unavailable`` if the config store cannot be read."""
+        """Load scripts and configuration, start background loops. With the config store
+        unreachable it starts anyway, degraded: from the last good configuration saved at
+        ``options.config_snapshot_path`` (or with no rules), reloading once the store answers
+        (``admin.stale`` tells); it never fails because a Redis is down."""
         for shard in self.router.shards:
             await self._load_scripts(shard)
-        await self.reload()
+        try:
+            await self.reload()
+        except Unavailable:
+            await self.admin.start_degraded()
         self._refresh.start()
         self._sync.start()
         if self._denies:
@@ -153,6 +167,7 @@ class Limiter:
 
     async def close(self) -> None:
         await self._refresh.stop()
+        await self.admin.close()
         await self._sync.close()
         if self._denies:
             await self._denies.close()

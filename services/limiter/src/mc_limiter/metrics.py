@@ -40,6 +40,12 @@ class LimiterMetrics:
             ["rule"],
             registry=self.registry,
         )
+        self.config_stale = Gauge(
+            "mc_rl_config_stale",
+            "1 while the config store was unreachable since start-up and the limiter serves the "
+            "last saved configuration (or none).",
+            registry=self.registry,
+        )
         self.degraded = Gauge(
             "mc_rl_degraded",
             "1 while the shard is unreachable and decisions use the local fallback.",

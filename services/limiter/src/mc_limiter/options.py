@@ -37,6 +37,8 @@ class LimiterOptions:
     deny_flush_ms: int = 1000
     plan_cache_size: int = 10_000
     batch_wait_us: int = 0  # see CheckBatcher: how long busy unary checks wait for company
+    # Where the last good configuration is kept (config_cache.py); None: nowhere.
+    config_snapshot_path: str | None = None
 
     def __post_init__(self) -> None:
         if not self.key_prefix or any(c in self.key_prefix for c in "{}"):

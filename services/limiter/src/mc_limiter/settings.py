@@ -54,6 +54,11 @@ class LimiterSettings(ServiceSettings):
     kafka_bootstrap: str | None = Field(None, description="Kafka; unset keeps events local.")
     decisions_topic: str = Field("mc.limiter.decisions", description="Denial aggregates.")
     audit_topic: str = Field("mc.limiter.audit", description="Operator changes.")
+    config_snapshot_path: str | None = Field(
+        None,
+        description="File keeping the last good configuration: with the config Redis "
+        "unreachable at start-up the limiter serves it (degraded) instead of exiting.",
+    )
     fairshare_capacity: int = Field(5000, ge=1, description="Global concurrency cap.")
     fairshare_key_prefix: str = Field("mc:fs", description="Fair-share keys in Redis.")
     fairshare_lease_ms: int = Field(30_000, ge=100, description="Default slot lease.")
@@ -64,7 +69,7 @@ class LimiterSettings(ServiceSettings):
         "it (AcquireSlot, GetSlot, RenewSlot) before it is reclaimed; 0: the whole lease.",
     )
     fairshare_timeout_ms: int = Field(
-        1_000, ge=1, description="Bound on every fair-share Redis call (then UNAVAILABLE)."
+        2_000, ge=1, description="Bound on every fair-share Redis call (then UNAVAILABLE)."
     )
     page_token_keys: list[SecretStr] = Field(
         default_factory=list,
