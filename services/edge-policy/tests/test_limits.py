@@ -17,6 +17,7 @@ from mc.policy.v1 import policy_service_pb2 as svc
 from mc.policy.v1 import policy_service_pb2_grpc as svc_grpc
 from mc_common.errors import status_details
 from mc_common.server import RunningServer, start_server
+from mc_common.testing.identity import TestTrustDomain
 from mc_edge_policy.app import EdgePolicyApp
 from mc_edge_policy.builder import BuiltBundle
 from mc_edge_policy.keys import keyring_json
@@ -33,15 +34,19 @@ def md(tenant: str) -> tuple[tuple[str, str], ...]:
 
 
 @pytest.fixture
-async def limiter(redis_server_url: str, redis_prefix: str) -> AsyncIterator[RunningServer]:
+async def limiter(
+    redis_server_url: str, redis_prefix: str, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[RunningServer]:
     settings = LimiterSettings(
         redis_urls=[redis_server_url],
         key_prefix=f"{redis_prefix}rl",
         fairshare_key_prefix=f"{redis_prefix}fs",
+        # The limiter believes edge-policy's tenant (it reads usage for the tenant it judges).
+        identity=mc_trust_domain.settings("limiter", tenant_callers=["gateway", "edge-policy"]),
     )
     app = await LimiterApp.create(settings)
     running = await start_server(settings, app.spec())
-    async with grpc.aio.insecure_channel(running.address) as channel:
+    async with mc_trust_domain.channel(running.address, server="limiter") as channel:
         rule = lpb.Rule(
             id="runs",
             scope=lpb.RULE_SCOPE_KEY,
@@ -65,7 +70,10 @@ async def limiter(redis_server_url: str, redis_prefix: str) -> AsyncIterator[Run
 
 @pytest.fixture
 async def pdp_for(
-    tmp_path: Path, signing_key: SigningKey, live_bundle: BuiltBundle
+    tmp_path: Path,
+    signing_key: SigningKey,
+    live_bundle: BuiltBundle,
+    mc_trust_domain: TestTrustDomain,
 ) -> AsyncIterator[Callable[[str], object]]:
     keys = tmp_path / "keys.json"
     keys.write_text(
@@ -83,11 +91,12 @@ async def pdp_for(
             limiter_address=limiter_address,
             limits_cache_ttl_s=0,
             limits_timeout_s=10,  # a loaded test machine, not the production deadline
+            identity=mc_trust_domain.settings("edge-policy"),
         )
         app = await EdgePolicyApp.create(settings)
         running = await start_server(settings, app.spec())
         started.append((running, app))
-        channel = grpc.aio.insecure_channel(running.address)
+        channel = mc_trust_domain.channel(running.address, server="edge-policy")
         return svc_grpc.PolicyServiceStub(channel)
 
     yield start  # type: ignore[misc]
@@ -103,12 +112,12 @@ def evaluate(key: str, claimed: dict[str, object] | None = None) -> svc.Evaluate
 
 
 async def test_usage_from_the_limiter_drives_retry_advice(
-    limiter: RunningServer, pdp_for: Callable[[str], object]
+    limiter: RunningServer, pdp_for: Callable[[str], object], mc_trust_domain: TestTrustDomain
 ) -> None:
     stub: svc_grpc.PolicyServiceStub = await pdp_for(limiter.address)  # type: ignore[misc]
     allowed = await stub.Evaluate(evaluate("executions:run"), metadata=md("acme"))
     assert allowed.decision.allow
-    async with grpc.aio.insecure_channel(limiter.address) as channel:
+    async with mc_trust_domain.channel(limiter.address, server="limiter") as channel:
         check = await lsvc_grpc.LimiterServiceStub(channel).Check(
             lsvc.CheckRequest(tenant="acme", key="executions:run", cost=1), metadata=md("acme")
         )

@@ -39,6 +39,9 @@ DEV_NAMESPACE = "mc"
 CLI_CALLER = "maestro-cli"
 # The callers the dev fleet believes: the gateway (as in production) and the CLI.
 DEV_CALLERS = ("gateway", CLI_CALLER)
+# ... and, for tenants only, fleet services that call others for a tenant (edge-policy reads
+# the limiter's usage for the tenant it evaluates).
+DEV_TENANT_CALLERS = (*DEV_CALLERS, "edge-policy")
 IDENTITY_PREFIX = "MC_IDENTITY_"
 
 
@@ -210,7 +213,7 @@ def identity_env(data_dir: Path, service: str, ca: TrustDomainCA | None) -> dict
         "MC_IDENTITY_TRUST_DOMAIN": DEV_TRUST_DOMAIN,
         "MC_IDENTITY_NAMESPACE": DEV_NAMESPACE,
         "MC_IDENTITY_SVID_DIR": str(svid_dir),
-        "MC_IDENTITY_TENANT_CALLERS": ",".join(DEV_CALLERS),
+        "MC_IDENTITY_TENANT_CALLERS": ",".join(DEV_TENANT_CALLERS),
         "MC_IDENTITY_OPERATOR_CALLERS": ",".join(DEV_CALLERS),
         "MC_IDENTITY_FRONT_DOOR": "gateway",
     }

@@ -11,6 +11,7 @@ import grpc
 
 from mc.policy.v1 import policy_service_pb2_grpc as svc_grpc
 from mc_common.events.publisher import EventPublisher
+from mc_common.identity import WorkloadIdentity
 from mc_common.server import ServiceSpec
 from mc_edge_policy.decision_log import DecisionSink, DiscardDecisions, KafkaDecisionLog
 from mc_edge_policy.distribution import BundleDistributor, MultiOriginClient, PollOutcome
@@ -61,7 +62,12 @@ class EdgePolicyApp:
             sink = decision_log
         limiter_channel = limits = None
         if settings.limiter_address:
-            limiter_channel = grpc.aio.insecure_channel(settings.limiter_address)
+            # mTLS with this workload's SVID; the limiter must hold `limiter_server`'s name,
+            # and must list this workload in its MC_IDENTITY_TENANT_CALLERS (ADR 0040).
+            identity = WorkloadIdentity.from_settings(settings.identity)
+            limiter_channel = identity.channel(
+                settings.limiter_address, server=settings.limiter_server
+            )
             limits = LimiterUsage(
                 limiter_channel,
                 ttl_s=settings.limits_cache_ttl_s,

@@ -38,6 +38,9 @@ class EdgePolicySettings(ServiceSettings):
     )
     limits_cache_ttl_s: float = Field(0.5, ge=0, description="How long a usage answer is reused.")
     limits_timeout_s: float = Field(0.25, gt=0, description="GetUsage deadline.")
+    limiter_server: str = Field(
+        "limiter", description="The workload the limiter must prove it is (mTLS, ADR 0041)."
+    )
     origins: list[str] = Field(
         default_factory=list,
         description="Base URLs of the distribution origins (CDNs) serving the TUF repository; "
