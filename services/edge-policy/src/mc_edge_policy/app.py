@@ -18,6 +18,7 @@ from mc_edge_policy.distribution import BundleDistributor, MultiOriginClient, Po
 from mc_edge_policy.edge_policy import EdgePolicy
 from mc_edge_policy.keys import load_keyring
 from mc_edge_policy.limits import LimiterUsage
+from mc_edge_policy.metrics import pdp_registry
 from mc_edge_policy.pdp import BundleRejected, PolicyDecisionPoint
 from mc_edge_policy.servicer import SERVICE_NAME, PolicyServicer
 from mc_edge_policy.settings import EdgePolicySettings
@@ -105,7 +106,12 @@ class EdgePolicyApp:
         def register(server: grpc.aio.Server) -> None:
             svc_grpc.add_PolicyServiceServicer_to_server(servicer, server)
 
-        return ServiceSpec(name="mc-edge-policy", service_names=[SERVICE_NAME], register=register)
+        return ServiceSpec(
+            name="mc-edge-policy",
+            service_names=[SERVICE_NAME],
+            register=register,
+            registry=pdp_registry(self.pdp),
+        )
 
     async def close(self) -> None:
         self.stopping.set()
