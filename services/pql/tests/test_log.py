@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from google.protobuf.message import Message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pql_support import md, record
 from sigstore._internal import merkle as sigstore_merkle
 
@@ -265,3 +268,51 @@ def _submission(tenant: str, n: int) -> object:
     from mc_pql import convert
 
     return convert.content_to_submission(tenant, content(f"p{n}", n), "content")
+
+
+_U64 = st.one_of(
+    st.integers(0, 20), st.integers(0, 2**64 - 1), st.sampled_from([2**63 - 1, 2**63, 2**64 - 1])
+)
+
+
+async def test_generated_log_requests_never_get_internal_or_unknown(
+    stub: Stub, log_stub: LogStub
+) -> None:
+    digests = await seed(stub, "acme", 0, 3)
+    seen: list[Message] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        kind=st.sampled_from(["inclusion", "consistency", "entries", "audit"]),
+        a=_U64,
+        b=_U64,
+        digest=st.one_of(st.sampled_from(digests), st.text(max_size=80)),
+    )
+    def collect(kind: str, a: int, b: int, digest: str) -> None:
+        if kind == "inclusion":
+            seen.append(log_pb.GetInclusionProofRequest(digest=digest, tree_size=a))
+        elif kind == "consistency":
+            seen.append(log_pb.GetConsistencyProofRequest(first_size=a, second_size=b))
+        elif kind == "entries":
+            seen.append(log_pb.GetLogEntriesRequest(start=a, end=b))
+        else:
+            seen.append(log_pb.AuditLogRequest(start=a))
+
+    collect()
+    for request in seen:
+        try:
+            if isinstance(request, log_pb.AuditLogRequest):
+                async for _ in log_stub.AuditLog(request, metadata=md("acme")):
+                    pass
+            else:
+                name = {
+                    log_pb.GetInclusionProofRequest: "GetInclusionProof",
+                    log_pb.GetConsistencyProofRequest: "GetConsistencyProof",
+                    log_pb.GetLogEntriesRequest: "GetLogEntries",
+                }[type(request)]
+                await getattr(log_stub, name)(request, metadata=md("acme"))
+        except grpc.aio.AioRpcError as err:
+            assert err.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (
+                request,
+                err.details(),
+            )
