@@ -10,7 +10,8 @@ from mc_pql.settings import PqlSettings
 
 
 def dev_env(context: DevContext) -> Mapping[str, str]:
-    """A signing key generated once into the data dir, the dev database and the broker."""
+    """Signing and checkpoint keys generated once into the data dir, the dev database (owner
+    and runtime roles) and the broker."""
     from mc_common.signing import PemSigner
 
     key = context.data_dir / "pql-signing-key.pem"
@@ -30,10 +31,38 @@ def dev_env(context: DevContext) -> Mapping[str, str]:
         )
         checkpoint_key.chmod(0o600)
     return {
-        "POSTGRES_DSN": context.postgres_dsn,
+        **_database_roles(context.postgres_dsn),
         "SIGNING_KEY_PATH": str(key),
         "CHECKPOINT_KEY_PATH": str(checkpoint_key),
         "KAFKA_BOOTSTRAP": context.kafka_bootstrap,
+    }
+
+
+DEV_RUNTIME_ROLE = "mc_pql_app"
+
+
+def _database_roles(owner_dsn: str) -> Mapping[str, str]:
+    """Production's two roles in the dev fleet too (ADR 0026): migrations as the owner, the
+    service as `mc_pql_app`, a login role created here that owns nothing (local trust auth)."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(owner_dsn, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s", (DEV_RUNTIME_ROLE,)
+        ).fetchone()
+        if exists is None:
+            try:
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(DEV_RUNTIME_ROLE))
+                )
+            except psycopg.errors.DuplicateObject:
+                pass  # created meanwhile by another fleet
+    return {
+        "MIGRATION_DSN": owner_dsn,
+        "POSTGRES_DSN": make_conninfo(owner_dsn, user=DEV_RUNTIME_ROLE),
+        "RUNTIME_ROLE": DEV_RUNTIME_ROLE,
     }
 
 
