@@ -38,6 +38,7 @@ from mc_common.events import (
     build_envelope,
     dead_letter_topic,
     decode_envelope,
+    decode_record,
     envelope_headers,
     idempotent,
 )
@@ -155,11 +156,14 @@ def test_envelope_round_trip_and_headers() -> None:
 def test_malformed_values_are_rejected(value: bytes | None) -> None:
     with pytest.raises(MalformedEventError):
         decode_envelope(value)
+    with pytest.raises(MalformedEventError):
+        decode_record([], b"t", value)
 
 
 def test_unpack_checks_the_payload_type() -> None:
     envelope = build_envelope(tenant="t", event_type=EVENT_TYPE, message=decision("d"), source="s")
-    event = ReceivedEvent(envelope=envelope, topic="x", partition=0, offset=0, key=b"t")
+    legacy = decode_record([], b"t", envelope.SerializeToString())
+    event = ReceivedEvent(event=legacy, topic="x", partition=0, offset=0, key=b"t")
 
     assert event.unpack(PolicyDecisionEvent).decision_id == "d"
     with pytest.raises(MalformedEventError, match=r"not mc\.common\.v1\.EventEnvelope"):
@@ -194,15 +198,17 @@ async def test_publish_and_consume_round_trip(
     assert event.tenant == "tenant-a"
     assert event.key == b"tenant-a"
     assert event.partition == published.partition
-    assert event.envelope.source == "mc-test/pod-1"
-    assert event.envelope.schema_version == 3
+    assert event.source == "mc-test/pod-1"
+    assert event.schema_version == 3
     assert event.unpack(PolicyDecisionEvent) == decision("d-1")
+    assert event.headers["ce_specversion"] == b"1.0"
     assert event.headers["ce_id"] == b"evt-1"
     assert event.headers["ce_type"] == EVENT_TYPE.encode()
-    assert event.headers["ce_tenant"] == b"tenant-a"
-    assert event.headers["ce_schemaversion"] == b"3"
+    assert event.headers["ce_mctenant"] == b"tenant-a"
+    assert event.headers["ce_mcschemaversion"] == b"3"
     assert event.headers["content-type"] == b"application/protobuf"
-    assert event.headers["ce_time"] == event.envelope.time.ToJsonString().encode()
+    assert event.headers["ce_dataschema"] == b"type.googleapis.com/mc.policy.v1.PolicyDecisionEvent"
+    assert event.event.time is not None
     assert consumer.processed == 1
 
 
@@ -314,9 +320,9 @@ async def test_redelivered_events_apply_side_effects_once(
                 while len(first_results) < 3:
                     for batch in (await crashed.getmany(timeout_ms=200)).values():
                         for record in batch:
-                            envelope = decode_envelope(record.value)
+                            decoded = decode_record(record.headers, record.key, record.value)
                             event = ReceivedEvent(
-                                envelope, topic, record.partition, record.offset, None
+                                decoded, topic, record.partition, record.offset, None
                             )
                             first_results.append(await apply(event))
         finally:
@@ -410,7 +416,7 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_are_committed(
     assert dead.value == b"\x08\x96\x01 definitely not an envelope"
     headers = dict(dead.headers)
     assert headers["x"] == b"1"
-    assert b"not an EventEnvelope" in headers[HEADER_DLQ_ERROR]
+    assert b"neither a CloudEvent nor an envelope" in headers[HEADER_DLQ_ERROR]
     assert headers[HEADER_DLQ_ERROR_TYPE] == b"MalformedEventError"
     assert headers[HEADER_DLQ_TOPIC] == topic.encode()
     assert headers[HEADER_DLQ_OFFSET] == str(poison.offset).encode()

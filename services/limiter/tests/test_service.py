@@ -263,14 +263,14 @@ async def test_throttle_levels_scale_and_are_audited(
         await app.limiter.flush_denies()
 
         async def settled() -> bool:
-            types = {e.envelope.type for e in received}
+            types = {e.event_type for e in received}
             return {"mc.limiter.audit.v1", "mc.limiter.denials.v1"} <= types
 
         for _ in range(200):
             if await settled():
                 break
             await asyncio.sleep(0.1)
-        audits = [e for e in received if e.envelope.type == "mc.limiter.audit.v1"]
+        audits = [e for e in received if e.event_type == "mc.limiter.audit.v1"]
         throttles = [
             e.unpack(events_pb.LimiterAuditEvent)
             for e in audits
@@ -282,7 +282,7 @@ async def test_throttle_levels_scale_and_are_audited(
         denials = [
             e.unpack(events_pb.DenialsEvent)
             for e in received
-            if e.envelope.type == "mc.limiter.denials.v1"
+            if e.event_type == "mc.limiter.denials.v1"
         ]
         assert sum(d.count for d in denials if d.mode == "enforce") == 2
         assert {d.tenant for d in denials} == {"acme"}

@@ -21,7 +21,7 @@ from mc.pql.v1 import provenance_pb2 as pb
 from mc.pql.v1 import provenance_service_pb2 as svc
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common.errors import status_details
-from mc_common.events import HEADER_DLQ_REASON, dead_letter_topic, decode_envelope
+from mc_common.events import HEADER_DLQ_REASON, dead_letter_topic, decode_record
 from mc_common.events.publisher import EventPublisher
 from mc_pql.app import PqlApp, prepare_database
 from mc_pql.decisions import DECISION_EVENT_TYPE
@@ -216,7 +216,9 @@ async def test_poison_and_conflicting_events_are_dead_lettered_and_never_stall(
     assert await decision_rows(app, "acme") == [("dec-last", True), ("dec-ok", True)]
     dead = await read_dead_letters(kafka_bootstrap, dead_letter_topic(topic), 5)
     reasons = {
-        decode_envelope(r.value).id + "@" + str(r.offset): dict(r.headers)[HEADER_DLQ_REASON]
+        decode_record(r.headers, r.key, r.value).id + "@" + str(r.offset): dict(r.headers)[
+            HEADER_DLQ_REASON
+        ]
         for r in dead
     }
     assert sorted(reasons.values()) == [b"CONFLICT", b"CONFLICT", b"DATA", b"DATA", b"DATA"]
@@ -274,3 +276,42 @@ async def test_processed_events_table_comes_from_migrations_and_is_purged(
         await wait_for(recorded_then_purged)
     finally:
         await app.close()
+
+
+async def test_decisions_from_a_standard_cloudevents_producer_are_recorded(
+    consuming_app: tuple[PqlApp, str], kafka_bootstrap: str
+) -> None:
+    """A PDP that is not MC's, writing with the CloudEvents SDK in structured JSON mode, is
+    understood (it used to be dead-lettered for not being an MC envelope)."""
+    from aiokafka import AIOKafkaProducer
+    from cloudevents.core.bindings import kafka as sdk_kafka
+    from cloudevents.core.v1.event import CloudEvent as SdkEvent
+    from google.protobuf import json_format
+
+    app, topic = consuming_app
+    message = sdk_kafka.to_structured_event(
+        SdkEvent(
+            {
+                "type": DECISION_EVENT_TYPE,
+                "source": "urn:example:opa-sidecar",
+                "id": "ext-1",
+                "mctenant": "acme",
+                "datacontenttype": "application/json",
+            },
+            json_format.MessageToDict(event_of("dec-ext")),
+        )
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic, message.value, key=b"acme", headers=list(message.headers.items())
+        )
+    finally:
+        await producer.stop()
+
+    async def recorded() -> bool:
+        return ("dec-ext", True) in await decision_rows(app, "acme")
+
+    await wait_for(recorded)
+    assert app.consumer is not None and app.consumer.dead_lettered == 0

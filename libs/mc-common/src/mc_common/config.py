@@ -38,3 +38,8 @@ class ServiceSettings(BaseSettings):
         default_factory=IdentitySettings,
         description="This workload's SVID and allow lists (MC_IDENTITY_*, whatever the prefix).",
     )
+    events_write_format: Literal["cloudevents", "envelope"] = Field(
+        "cloudevents",
+        description="Kafka event format written: CloudEvents binary mode, or the pre-CloudEvents "
+        "envelope while consumers that only read it are still deployed (ADR 0051).",
+    )

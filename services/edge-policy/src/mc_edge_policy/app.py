@@ -54,7 +54,11 @@ class EdgePolicyApp:
         sink: DecisionSink = DiscardDecisions()
         if settings.kafka_bootstrap:
             decision_log = KafkaDecisionLog(
-                EventPublisher(settings.kafka_bootstrap, source="mc-edge-policy"),
+                EventPublisher(
+                    settings.kafka_bootstrap,
+                    source="mc-edge-policy",
+                    write_format=settings.events_write_format,
+                ),
                 settings.decisions_topic,
                 max_pending=settings.decision_log_max_pending,
                 enqueue_timeout_s=settings.decision_log_enqueue_timeout_s,

@@ -54,7 +54,9 @@ class LimiterApp:
         denies: DenySink | None = None
         if settings.kafka_bootstrap:
             publisher = EventPublisher(
-                settings.kafka_bootstrap, source=f"mc-limiter/{settings.region}"
+                settings.kafka_bootstrap,
+                source=f"mc-limiter/{settings.region}",
+                write_format=settings.events_write_format,
             )
             await publisher.start()
             audit = KafkaAuditSink(publisher, settings.audit_topic)

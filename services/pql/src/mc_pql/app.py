@@ -89,7 +89,11 @@ class PqlApp:
         log_store = LogStore(pool)
         publisher = None
         if settings.kafka_bootstrap:
-            publisher = EventPublisher(settings.kafka_bootstrap, source="mc-pql")
+            publisher = EventPublisher(
+                settings.kafka_bootstrap,
+                source="mc-pql",
+                write_format=settings.events_write_format,
+            )
             try:
                 await publisher.start()
             except BaseException:

@@ -30,10 +30,10 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 
 def decision_from_event(event: ReceivedEvent) -> tuple[str, DecisionRecord]:
     """The tenant and decision an event carries; DeadLetterEvent when it can never be stored."""
-    if event.envelope.type != DECISION_EVENT_TYPE:
-        raise DeadLetterEvent(f"unexpected event type {event.envelope.type!r}")
-    if event.envelope.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
-        raise DeadLetterEvent(f"unsupported schema version {event.envelope.schema_version}")
+    if event.event_type != DECISION_EVENT_TYPE:
+        raise DeadLetterEvent(f"unexpected event type {event.event_type!r}")
+    if event.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise DeadLetterEvent(f"unsupported schema version {event.schema_version}")
     try:
         message = event.unpack(decision_events_pb2.PolicyDecisionEvent)
     except MalformedEventError as exc:

@@ -1,11 +1,20 @@
-"""Kafka events for MC services: the envelope, a publisher, an at-least-once consumer with a
-dead-letter topic, and the Postgres store that makes consumers idempotent on event id.
+"""Kafka events for MC services: CloudEvents on the Kafka binding (binary mode written, any
+conforming mode read), a publisher, an at-least-once consumer with a dead-letter topic, and the
+Postgres store that makes consumers idempotent on event id.
 
-See docs/adr/0004-events-at-least-once.md for the delivery contract.
+See docs/adr/0004-events-at-least-once.md for the delivery contract and
+docs/adr/0051-cloudevents-kafka-binding.md for the format.
 """
 
 from __future__ import annotations
 
+from mc_common.events.cloudevents import (
+    DATASCHEMA_PREFIX,
+    SPEC_VERSION,
+    CloudEvent,
+    MalformedEventError,
+    decode_record,
+)
 from mc_common.events.consumer import (
     DEAD_LETTER_SUFFIX,
     HEADER_DLQ_ATTEMPTS,
@@ -30,7 +39,6 @@ from mc_common.events.envelope import (
     HEADER_TENANT,
     HEADER_TIME,
     HEADER_TYPE,
-    MalformedEventError,
     ReceivedEvent,
     build_envelope,
     decode_envelope,
@@ -59,6 +67,7 @@ from mc_common.events.publisher import (
 
 __all__ = [
     "CONTENT_TYPE",
+    "DATASCHEMA_PREFIX",
     "DEAD_LETTER_SUFFIX",
     "HEADER_CONTENT_TYPE",
     "HEADER_DLQ_ATTEMPTS",
@@ -76,6 +85,8 @@ __all__ = [
     "HEADER_TIME",
     "HEADER_TYPE",
     "PROCESSED_EVENTS_DDL",
+    "SPEC_VERSION",
+    "CloudEvent",
     "DeadLetterEvent",
     "DeadLetterReason",
     "EventConflict",
@@ -93,6 +104,7 @@ __all__ = [
     "classify",
     "dead_letter_topic",
     "decode_envelope",
+    "decode_record",
     "ensure_processed_events_table",
     "envelope_headers",
     "idempotent",

@@ -34,7 +34,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 
-from mc_common.events.envelope import ReceivedEvent, decode_envelope
+from mc_common.events.cloudevents import decode_record
+from mc_common.events.envelope import ReceivedEvent
 from mc_common.events.failures import (
     DeadLetterEvent,
     DeadLetterReason,
@@ -340,9 +341,11 @@ class EventConsumer:
                     raise _StopRequested from None
 
     async def _settle(self, producer: AIOKafkaProducer, record: ConsumerRecord[Any, Any]) -> None:
-        envelope = decode_envelope(record.value)  # MalformedEventError: dead-lettered at once
+        # Any conforming CloudEvent (binary or structured mode) or a pre-CloudEvents envelope;
+        # MalformedEventError: dead-lettered at once.
+        decoded = decode_record(record.headers or (), record.key, record.value)
         event = ReceivedEvent(
-            envelope=envelope,
+            event=decoded,
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,

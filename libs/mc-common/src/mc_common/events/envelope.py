@@ -1,7 +1,9 @@
-"""The MC event envelope on Kafka: build, encode to record key/value/headers, and decode.
+"""The pre-CloudEvents event envelope (`mc.common.v1.EventEnvelope`) and `ReceivedEvent`.
 
-A record is key = tenant id (UTF-8), value = serialized `mc.common.v1.EventEnvelope`, and
-CloudEvents-style headers that repeat the envelope fields so tools can route without decoding.
+MC now writes CloudEvents in binary content mode (`mc_common.events.cloudevents`). The
+envelope format (key = tenant, value = serialized `EventEnvelope`, `ce_`-style headers without
+`ce_specversion`) is still read by every consumer, and written only by a publisher configured
+with `write_format="envelope"`, for the transition described in ADR 0051.
 """
 
 from __future__ import annotations
@@ -17,6 +19,16 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
 from mc.common.v1.event_pb2 import EventEnvelope
+from mc_common.events.cloudevents import CloudEvent, MalformedEventError
+
+__all__ = [
+    "CONTENT_TYPE",
+    "MalformedEventError",
+    "ReceivedEvent",
+    "build_envelope",
+    "decode_envelope",
+    "envelope_headers",
+]
 
 CONTENT_TYPE = "application/protobuf"
 """Value of the `content-type` header: the record value is a binary protobuf."""
@@ -33,10 +45,6 @@ Headers = Sequence[tuple[str, bytes]]
 """Kafka record headers as aiokafka takes and returns them."""
 
 M = TypeVar("M", bound=Message)
-
-
-class MalformedEventError(ValueError):
-    """A record value is not a usable `EventEnvelope` (undecodable, or missing id or type)."""
 
 
 def build_envelope(
@@ -110,7 +118,7 @@ def decode_envelope(value: bytes | None) -> EventEnvelope:
 class ReceivedEvent:
     """One decoded event as a consumer handler sees it, with where it came from."""
 
-    envelope: EventEnvelope
+    event: CloudEvent
     topic: str
     partition: int
     offset: int
@@ -120,45 +128,53 @@ class ReceivedEvent:
     @property
     def id(self) -> str:
         """The event id; deduplicate side effects on it."""
-        return self.envelope.id
+        return self.event.id
 
     @property
     def event_type(self) -> str:
         """The event type, for example `mc.policy.decision.v1`."""
-        return self.envelope.type
+        return self.event.type
+
+    @property
+    def source(self) -> str:
+        """The producer, for example `mc-edge-policy/pod-1`."""
+        return self.event.source
 
     @property
     def tenant(self) -> str:
-        """The tenant the event belongs to."""
-        return self.envelope.tenant
+        """The tenant the event belongs to (`mctenant`, else the record key)."""
+        return self.event.tenant
+
+    @property
+    def schema_version(self) -> int:
+        """The payload schema version (`mcschemaversion`, 1 when absent)."""
+        return self.event.schema_version
 
     @property
     def body_sha256(self) -> str:
-        """Hex SHA-256 of what the event says (type, tenant, schema version, payload), so a
-        redelivery with the same id and another body can be told from a plain redelivery."""
-        envelope = self.envelope
+        """Hex SHA-256 of what the event says (type, tenant, schema version, data and its
+        schema), so a redelivery with the same id and another body can be told from a plain
+        redelivery, whichever format carried it."""
+        event = self.event
         digest = hashlib.sha256()
         for part in (
-            envelope.type.encode(),
-            envelope.tenant.encode(),
-            str(envelope.schema_version).encode(),
-            envelope.data.type_url.encode(),
-            envelope.data.value,
+            event.type.encode(),
+            event.tenant.encode(),
+            str(event.schema_version).encode(),
+            event.dataschema.encode(),
+            event.datacontenttype.encode(),
+            event.data,
         ):
             digest.update(len(part).to_bytes(8, "big"))
             digest.update(part)
         return digest.hexdigest()
 
     def unpack(self, message_type: type[M]) -> M:
-        """The payload as `message_type`.
+        """The data as `message_type`.
 
         Raises:
-            MalformedEventError: the payload is another message type.
+            MalformedEventError: the data is another message type, or does not parse.
         """
-        message = message_type()
-        if not self.envelope.data.Unpack(message):
-            raise MalformedEventError(
-                f"event {self.id} carries {self.envelope.data.type_url!r}, "
-                f"not {message_type.DESCRIPTOR.full_name}"
-            )
+        message = self.event.unpack(message_type)
+        assert isinstance(message, message_type)
         return message

@@ -1,7 +1,10 @@
 """`EventPublisher`: publish protobuf events to Kafka, returning only once the broker acked.
 
-Records are keyed by tenant (so one tenant's events stay ordered within a partition), the
-value is an `EventEnvelope`, and CloudEvents-style headers repeat its fields. The producer uses
+Records are CloudEvents in the Kafka binding's binary content mode (see
+`mc_common.events.cloudevents`): keyed by tenant (so one tenant's events stay ordered within a
+partition), the value is the payload message, the attributes are `ce_` headers. With
+`write_format="envelope"` the publisher writes the pre-CloudEvents envelope instead, for fleets
+whose consumers are not all upgraded yet (ADR 0051). The producer uses
 `acks="all"` and no idempotence (Tansu, the broker used in dev and tests, has no idempotent
 producer); a retried publish may therefore write a duplicate, which consumers drop by event id.
 """
@@ -13,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 
-from mc.common.v1.event_pb2 import EventEnvelope
+from mc_common.events.cloudevents import CloudEvent
 from mc_common.events.envelope import build_envelope, envelope_headers
 
 
@@ -52,7 +55,7 @@ def producer_options() -> dict[str, Any]:
 
 
 class EventPublisher:
-    """Publishes enveloped protobuf events; use as `async with EventPublisher(...) as pub`.
+    """Publishes protobuf events as CloudEvents; use as `async with EventPublisher(...) as pub`.
 
     Args:
         bootstrap_servers: `host:port[,host:port]` of the Kafka cluster.
@@ -61,6 +64,8 @@ class EventPublisher:
         request_timeout_ms: how long one produce request may take before it fails.
         producer: an already configured producer to use instead of creating one; the publisher
             then does not start or stop it.
+        write_format: `cloudevents` (binary content mode, the default) or `envelope` (the
+            pre-CloudEvents format, only while old consumers are still deployed).
     """
 
     def __init__(
@@ -71,9 +76,13 @@ class EventPublisher:
         client_id: str | None = None,
         request_timeout_ms: int = 30_000,
         producer: AIOKafkaProducer | None = None,
+        write_format: Literal["cloudevents", "envelope"] = "cloudevents",
     ) -> None:
         if not source:
             raise ValueError("source must not be empty")
+        if write_format not in ("cloudevents", "envelope"):
+            raise ValueError(f"write_format must be cloudevents or envelope, not {write_format!r}")
+        self._write_format = write_format
         self._bootstrap_servers = bootstrap_servers
         self._source = source
         self._client_id = client_id or f"mc-publisher-{source}"
@@ -140,7 +149,7 @@ class EventPublisher:
         Returns only once the record is durably written (acks=all); on an exception the event
         may or may not have been written, so retry with the same `event_id`.
         """
-        envelope = build_envelope(
+        event = CloudEvent.of(
             tenant=tenant,
             event_type=event_type,
             message=message,
@@ -149,13 +158,15 @@ class EventPublisher:
             event_id=event_id,
             time=time,
         )
-        return await self.publish_envelope(topic, envelope)
+        return await self.publish_event(topic, event, message)
 
-    async def publish_envelope(self, topic: str, envelope: EventEnvelope) -> PublishedEvent:
-        """Publish a ready envelope (for relays and dead-letter replays) and wait for the ack."""
-        future = await self._send(topic, envelope)
+    async def publish_event(
+        self, topic: str, event: CloudEvent, message: Message | None = None
+    ) -> PublishedEvent:
+        """Publish a ready event (for relays and replays) and wait for the ack."""
+        future = await self._send(topic, event, message)
         metadata = await future
-        return PublishedEvent(envelope.id, topic, metadata.partition, metadata.offset)
+        return PublishedEvent(event.id, topic, metadata.partition, metadata.offset)
 
     async def publish_batch(
         self, topic: str, events: Sequence[OutgoingEvent], *, source: str | None = None
@@ -166,32 +177,47 @@ class EventPublisher:
         is raised after every send settled; some events may be written, so retry the whole
         batch with the same event ids.
         """
-        envelopes = [
-            build_envelope(
-                tenant=event.tenant,
-                event_type=event.event_type,
-                message=event.message,
-                source=source or self._source,
-                schema_version=event.schema_version,
-                event_id=event.event_id,
-                time=event.time,
+        built = [
+            (
+                CloudEvent.of(
+                    tenant=event.tenant,
+                    event_type=event.event_type,
+                    message=event.message,
+                    source=source or self._source,
+                    schema_version=event.schema_version,
+                    event_id=event.event_id,
+                    time=event.time,
+                ),
+                event.message,
             )
             for event in events
         ]
-        futures = [await self._send(topic, envelope) for envelope in envelopes]
+        futures = [await self._send(topic, event, message) for event, message in built]
         results = await asyncio.gather(*futures, return_exceptions=True)
         published: list[PublishedEvent] = []
-        for envelope, result in zip(envelopes, results, strict=True):
+        for (event, _), result in zip(built, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
-            published.append(PublishedEvent(envelope.id, topic, result.partition, result.offset))
+            published.append(PublishedEvent(event.id, topic, result.partition, result.offset))
         return published
 
-    async def _send(self, topic: str, envelope: EventEnvelope) -> asyncio.Future[Any]:
+    async def _send(
+        self, topic: str, event: CloudEvent, message: Message | None
+    ) -> asyncio.Future[Any]:
+        if self._write_format == "envelope" and message is not None:
+            envelope = build_envelope(
+                tenant=event.tenant,
+                event_type=event.type,
+                message=message,
+                source=event.source,
+                schema_version=event.schema_version,
+                event_id=event.id,
+                time=event.time,
+            )
+            value, headers = envelope.SerializeToString(), envelope_headers(envelope)
+        else:
+            value, headers = event.data, event.binary_headers()
         future: asyncio.Future[Any] = await self.producer.send(
-            topic,
-            value=envelope.SerializeToString(),
-            key=envelope.tenant.encode(),
-            headers=envelope_headers(envelope),
+            topic, value=value, key=event.tenant.encode(), headers=headers
         )
         return future
