@@ -67,6 +67,7 @@ class LimiterApp:
             socket_timeout_ms=settings.socket_timeout_ms,
             probe_interval_ms=settings.probe_interval_ms,
             batch_wait_us=settings.batch_wait_us,
+            decision_timeout_us=settings.decision_timeout_us,
             region_sync_ms=settings.region_sync_ms,
             fallback_share=settings.fallback_share,
             unmatched=UnmatchedPolicy(settings.unmatched),

@@ -33,7 +33,7 @@ from mc_limiter.redis_client import resp_int
 from mc_limiter.regions import RegionSync
 from mc_limiter.rules import FailureMode, Mode
 from mc_limiter.scripts import LIMIT_REPLY, REFUND_SCRIPT, CheckBatcher
-from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS, Shard, ShardRouter
+from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS, Shard, ShardRouter, trip_unless_slow
 from mc_limiter.throttle import scale
 
 # Decisions per script call in a batch: ~100 us of Redis time each at most, so a large
@@ -88,7 +88,9 @@ class Executor:
         calls = self._calls.get(shard.name)
         if calls is None or calls.client is not shard.client:
             calls = self._calls[shard.name] = CheckBatcher(
-                shard.client, batch_wait_us=self._options.batch_wait_us
+                shard.client,
+                batch_wait_us=self._options.batch_wait_us,
+                decision_timeout_us=self._options.decision_timeout_us,
             )
         return calls
 
@@ -244,7 +246,7 @@ class Executor:
             try:
                 await REFUND_SCRIPT.run(shard.client, keys, args)
             except SHARD_UNAVAILABLE_ERRORS as exc:
-                shard.trip(exc)
+                trip_unless_slow(shard, exc)
 
     def _touch_region(self, item: Item) -> None:
         limit = item.planned.limit

@@ -391,6 +391,8 @@ class Limiter:
     def _attach_breaker(self, shard: Shard) -> None:
         def on_change(up: bool) -> None:
             self.metrics.degraded.labels(shard.name).set(0 if up else 1)
+            if not up:
+                self.metrics.breaker_trips.labels(shard.name).inc()
             if up:
                 self.executor.shard_recovered(shard.name)
 
@@ -398,6 +400,7 @@ class Limiter:
             shard.name, shard.client, self.options.probe_interval_ms, on_change
         )
         self.metrics.degraded.labels(shard.name).set(0)
+        self.metrics.breaker_trips.labels(shard.name)
 
     async def _load_scripts(self, shard: Shard) -> None:
         try:

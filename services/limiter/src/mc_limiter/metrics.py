@@ -46,6 +46,12 @@ class LimiterMetrics:
             "last saved configuration (or none).",
             registry=self.registry,
         )
+        self.breaker_trips = Counter(
+            "mc_rl_breaker_trips_total",
+            "Times a shard's circuit breaker opened (the shard was declared down).",
+            ["shard"],
+            registry=self.registry,
+        )
         self.degraded = Gauge(
             "mc_rl_degraded",
             "1 while the shard is unreachable and decisions use the local fallback.",

@@ -37,6 +37,9 @@ class LimiterOptions:
     deny_flush_ms: int = 1000
     plan_cache_size: int = 10_000
     batch_wait_us: int = 0  # see CheckBatcher: how long busy unary checks wait for company
+    # Added to a script call's deadline per decision it carries, on top of the socket timeout
+    # (a busy shard is not a dead one; see redis_client._Resp).
+    decision_timeout_us: int = 500
     # Where the last good configuration is kept (config_cache.py); None: nowhere.
     config_snapshot_path: str | None = None
 

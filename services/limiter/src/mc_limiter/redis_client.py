@@ -112,35 +112,59 @@ OnReply = Callable[[Any], None]
 class _Resp(asyncio.Protocol):
     """RESP over one TCP connection: each reply goes to the oldest waiting callback.
 
-    Timeouts use one watchdog timer for the oldest waiting call, not a timer per call."""
+    Timeouts use one watchdog timer for the oldest waiting call, not a timer per call. A
+    call's deadline follows the work sent, so a busy but healthy server is never declared
+    down: Redis runs pipelined calls one after another, so a call is expected to be done
+    ``work_s`` after the calls ahead of it are (``_busy_until``), and its deadline is that
+    plus ``timeout``. And any reply proves the server alive: the oldest call is overdue only
+    when, past its deadline, nothing at all has arrived for ``timeout``. With ``adaptive``
+    off (a work budget of 0) every call has the fixed ``timeout`` from its send instead (the
+    old behaviour, which declared busy shards down; kept for comparison in the benchmark)."""
 
-    def __init__(self) -> None:
+    def __init__(self, adaptive: bool = True) -> None:
+        self._adaptive = adaptive
         self._reader = hiredis.Reader(replyError=_reply_error)
-        self._waiting: deque[tuple[OnReply, float]] = deque()  # callback, deadline
+        # callback, deadline, timeout
+        self._waiting: deque[tuple[OnReply, float, float]] = deque()
         self._transport: asyncio.Transport | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._busy_until = 0.0  # when the work sent so far is expected to be done
+        self._last_reply = 0.0
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
 
-    def send(self, packed: bytes, on_reply: OnReply, timeout: float | None) -> None:
+    def send(
+        self, packed: bytes, on_reply: OnReply, timeout: float | None, work_s: float = 0.0
+    ) -> None:
         assert self._transport is not None
         self._transport.write(packed)
         if timeout is None:
-            self._waiting.append((on_reply, math.inf))
+            self._waiting.append((on_reply, math.inf, math.inf))
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        self._waiting.append((on_reply, deadline))
+        now = loop.time()
+        if self._adaptive:
+            self._busy_until = max(now, self._busy_until) + work_s
+            deadline = self._busy_until + timeout
+        else:
+            deadline = now + timeout
+        self._waiting.append((on_reply, deadline, timeout))
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadline, self._watch)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
+        got = False
         while (reply := self._reader.gets()) is not False:
+            got = True
             self._waiting.popleft()[0](reply)
+        if got:
+            self._last_reply = asyncio.get_running_loop().time()
+            if not self._waiting:
+                self._busy_until = 0.0  # nothing queued: the next call starts from now
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RedisConnectionError(f"connection to redis lost: {exc!r}"))
@@ -152,11 +176,12 @@ class _Resp(asyncio.Protocol):
         if not self._waiting or self.lost:
             return
         loop = asyncio.get_running_loop()
-        deadline = self._waiting[0][1]
-        if deadline <= loop.time():
+        _, deadline, timeout = self._waiting[0]
+        due = max(deadline, self._last_reply + timeout) if self._adaptive else deadline
+        if due <= loop.time():
             self.fail(RedisTimeoutError("timeout reading from redis"))
-        elif deadline != math.inf:
-            self._watchdog = loop.call_at(deadline, self._watch)
+        elif due != math.inf:
+            self._watchdog = loop.call_at(due, self._watch)
 
     def fail(self, error: Exception) -> None:
         """Fail every waiting call and drop the connection (later replies could no longer be
@@ -214,6 +239,7 @@ class PipelinedConnection:
         password: str | None = None,
         timeout: float | None = 0.1,
         connect_timeout: float | None = 0.1,
+        work_timeout: float = 0.0,
     ) -> None:
         self._address = (host, port)
         self._setup: list[tuple[Any, ...]] = []
@@ -222,13 +248,15 @@ class PipelinedConnection:
         if db:
             self._setup.append(("SELECT", db))
         self._timeout = timeout
+        self._work_timeout = work_timeout
         self._connect_timeout = connect_timeout
         self._resp: _Resp | None = None
         self._opening: asyncio.Future[_Resp] | None = None
 
     @classmethod
-    def for_client(cls, client: Redis) -> PipelinedConnection | None:
-        """A connection to the same server as ``client``, if that is plain TCP."""
+    def for_client(cls, client: Redis, work_timeout: float = 0.0) -> PipelinedConnection | None:
+        """A connection to the same server as ``client``, if that is plain TCP; a call of
+        ``work`` units gets ``work * work_timeout`` seconds on top of the socket timeout."""
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
         if pool.connection_class not in (Connection, HiredisPackedConnection):
@@ -241,17 +269,18 @@ class PipelinedConnection:
             password=kwargs.get("password"),
             timeout=kwargs.get("socket_timeout"),
             connect_timeout=kwargs.get("socket_connect_timeout"),
+            work_timeout=work_timeout,
         )
 
     @property
     def connected(self) -> bool:
         return self._resp is not None and not self._resp.lost
 
-    def send(self, packed: bytes, on_reply: OnReply) -> None:
+    def send(self, packed: bytes, on_reply: OnReply, work: int = 1) -> None:
         """Write one packed command now (requires ``connected``); ``on_reply`` gets its
-        reply."""
+        reply. ``work`` (decisions in the call) extends its deadline (see ``_Resp``)."""
         assert self._resp is not None
-        self._resp.send(packed, on_reply, self._timeout)
+        self._resp.send(packed, on_reply, self._timeout, work * self._work_timeout)
 
     async def roundtrip(self, commands: list[bytes]) -> list[Any]:
         """Send packed commands pipelined; their replies, with an exception in place of a
@@ -279,7 +308,9 @@ class PipelinedConnection:
         resp: _Resp | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, resp = await loop.create_connection(_Resp, *self._address)
+                _, resp = await loop.create_connection(
+                    lambda: _Resp(adaptive=self._work_timeout > 0), *self._address
+                )
                 for command in self._setup:
                     future: asyncio.Future[Any] = loop.create_future()
                     resp.send(bytes(hiredis.pack_command(command)), _into(future), None)
@@ -312,7 +343,10 @@ class ClientRoundtrip:
     async def connect(self) -> None:
         """The client connects on demand."""
 
-    def send(self, packed: bytes, on_reply: OnReply) -> None:
+    def send(self, packed: bytes, on_reply: OnReply, work: int = 1) -> None:
+        """Each call has a pooled connection of its own (no work queued ahead of it): the
+        client's socket timeout applies as is."""
+
         async def call() -> None:
             try:
                 (reply,) = await self.roundtrip([packed])
@@ -346,10 +380,12 @@ class ClientRoundtrip:
         """The client's owner closes it."""
 
 
-def hot_path_connection(client: Redis) -> PipelinedConnection | ClientRoundtrip:
+def hot_path_connection(
+    client: Redis, work_timeout: float = 0.0
+) -> PipelinedConnection | ClientRoundtrip:
     """Where a shard's checks go: a ``PipelinedConnection`` to the same server as ``client``
     when it is plain TCP, else ``client`` itself."""
-    return PipelinedConnection.for_client(client) or ClientRoundtrip(client)
+    return PipelinedConnection.for_client(client, work_timeout) or ClientRoundtrip(client)
 
 
 def make_client(url: str, timeout_ms: int = 100) -> Redis:

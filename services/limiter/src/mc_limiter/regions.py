@@ -38,7 +38,7 @@ from typing import Any
 
 from mc_limiter.keys import counter_key, remote_key
 from mc_limiter.periodic import Periodic
-from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS, Shard, ShardRouter
+from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS, Shard, ShardRouter, trip_unless_slow
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class RegionSync:
                     pipe.hgetall(counter_key(self._prefix, counter.tag, counter.suffix))
                 replies: list[Any] = await pipe.execute()
         except SHARD_UNAVAILABLE_ERRORS as exc:
-            shard.trip(exc)
+            trip_unless_slow(shard, exc)
             return []
         seconds, micros = replies[0]
         at = int(seconds) * 1_000_000 + int(micros)

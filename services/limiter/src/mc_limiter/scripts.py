@@ -359,7 +359,13 @@ class CheckBatcher:
     consumed (which errs toward denying). ``NOSCRIPT`` reloads and retries once.
     """
 
-    def __init__(self, client: Redis, max_decisions: int = 256, batch_wait_us: int = 0) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        max_decisions: int = 256,
+        batch_wait_us: int = 0,
+        decision_timeout_us: int = 0,
+    ) -> None:
         self._client = client
         self._wait_s = batch_wait_us / 1e6
         # The arrival rate, re-estimated every RATE_WINDOW_S: busy when EXPECTED_COMPANY more
@@ -367,7 +373,8 @@ class CheckBatcher:
         self._since = -math.inf
         self._count = 0
         self._busy = False
-        self._conn = hot_path_connection(client)
+        # A call's deadline grows with the decisions it carries (see redis_client._Resp).
+        self._conn = hot_path_connection(client, decision_timeout_us / 1e6)
         self._head = b"$7\r\nEVALSHA\r\n" + resp(CHECK_SCRIPT.sha)
         self._load = b"*3\r\n" + resp("SCRIPT", "LOAD", CHECK_SCRIPT.source)
         self._max = max_decisions
@@ -446,7 +453,7 @@ class CheckBatcher:
                 end += 1
             command, subs = self._call(pending[start:end], count)
             self._in_flight += 1
-            self._conn.send(command, _Call(self, command, subs).on_reply)
+            self._conn.send(command, _Call(self, command, subs, count).on_reply, count)
             start = end
 
     def _call(
@@ -510,7 +517,7 @@ class CheckBatcher:
             self._answered(call.subs, loaded)
         else:
             call.retried = True
-            self._conn.send(call.command, call.on_reply)
+            self._conn.send(call.command, call.on_reply, call.decisions)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -525,6 +532,7 @@ class _Call:
     batcher: CheckBatcher
     command: bytes
     subs: list[tuple[_Submission, int]]
+    decisions: int
     retried: bool = False
 
     def on_reply(self, reply: Any) -> None:

@@ -44,6 +44,14 @@ class LimiterSettings(ServiceSettings):
         description="While a shard's checks arrive faster than two per this wait (2,000/s at "
         "1 ms), each waits this long to share a script call with the next ones (0: never).",
     )
+    decision_timeout_us: int = Field(
+        500,
+        ge=0,
+        le=100_000,
+        description="Added to a script call's deadline per decision it carries, counted from "
+        "when the calls ahead of it should be done: a busy shard is never declared down "
+        "(0: a fixed deadline per call, which declares busy shards down; for comparison only).",
+    )
     region_sync_ms: int = Field(150, ge=10, description="Multi-region usage sync interval.")
     fallback_share: float = Field(
         1.0, gt=0, le=1, description="This replica's share of the region (1 / replicas)."

@@ -8,9 +8,13 @@ All counters of one tenant share a tag, hence a shard, which is what lets one Lu
 and consume tenant, token and key limits atomically. (The tag is Redis Cluster compatible,
 so the same keys also work on a cluster.)
 
-Each shard has a circuit breaker: the first connection error or timeout trips it, checks for
-its tags then go straight to the local fallback (no retries on the hot path), and a background
-probe PINGs the shard every ``probe_interval`` until it answers, which closes the breaker.
+Each shard has a circuit breaker: the first connection error or check timeout trips it, checks
+for its tags then go straight to the local fallback (no retries on the hot path), and a
+background probe PINGs the shard every ``probe_interval`` until it answers, which closes the
+breaker. A check times out only when the shard is not answering, not when it is busy: a script
+call's deadline follows the work sent (``redis_client._Resp``: a budget per decision, counted
+from when the calls ahead of it should be done) and any reply proves the shard alive. Slow
+replies off the check path (region sync, refunds) never trip it (``trip_unless_slow``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,16 @@ SHARD_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+def trip_unless_slow(shard: Shard, exc: BaseException) -> None:
+    """For calls off the check path (region sync, refunds): a refused or lost connection
+    trips the shard's breaker, a slow reply does not (only the check path, whose deadlines
+    follow the work it sends, decides that a slow shard is down)."""
+    if isinstance(exc, RedisTimeoutError | TimeoutError):
+        log.info("shard %s answered slowly off the check path: %r", shard.name, exc)
+    else:
+        shard.trip(exc)
 
 
 def hash64(value: str) -> int:
