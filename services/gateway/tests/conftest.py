@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from gateway_support import AUDIENCE, ISSUER, JwksServer
 
 from mc_common.server import RunningServer, start_server
 from mc_common.signing import PemSigner
@@ -61,17 +62,32 @@ async def limiter_server(
 
 
 @pytest.fixture
+async def jwks() -> AsyncIterator[JwksServer]:
+    server = JwksServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
 def gateway_settings(
     pg_dsn: str,
     pql_server: RunningServer,
     limiter_server: RunningServer,
     mc_trust_domain: TestTrustDomain,
+    jwks: JwksServer,
 ) -> GatewaySettings:
     return GatewaySettings(
         postgres_dsn=pg_dsn,
         identity=mc_trust_domain.settings("gateway"),
         upstreams={"mc.pql.v1": pql_server.address, "mc.limiter.v1": limiter_server.address},
         limiter_address=limiter_server.address,
+        oidc_issuer=ISSUER,
+        oidc_audience=AUDIENCE,
+        oidc_jwks_url=jwks.url,
+        oidc_algorithms=["ES256"],
+        oidc_jwks_min_refresh_s=0,
+        oidc_leeway_s=0,
     )
 
 

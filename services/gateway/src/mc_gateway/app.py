@@ -6,6 +6,8 @@ server); tests and `main.serve()` both use it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,6 +127,10 @@ async def start_gateway(settings: GatewaySettings, api: Api | None = None) -> Ru
     if settings.limiter_address:
         channel = open_channel(identity, settings.limiter_address, settings.limiter_server)
         closers.append(channel.close)
+        # Connect now, so the first caller does not pay for it (a limiter still starting is
+        # not fatal: rate limiting follows rate_limit_failure until it answers).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.channel_ready(), 5)
         limiter = DoorLimiter(
             channel,
             key=settings.rate_limit_key,

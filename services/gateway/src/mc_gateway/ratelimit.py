@@ -63,7 +63,7 @@ class DoorLimiter:
         try:
             reply = await self._stub.Check(request, metadata=metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            log.warning("limiter check failed", extra={"code": exc.code().name})
+            log.warning("limiter check failed: %s %s", exc.code().name, exc.details())
             if self._fail_open:
                 return Decision(True)
             raise Unavailable(

@@ -84,7 +84,7 @@ class GatewaySettings(ServiceSettings):
     rate_limit_key: str = Field(
         "gateway:requests", description="Limiter key every request spends one unit of."
     )
-    rate_limit_timeout_s: float = Field(0.25, gt=0, description="Deadline of the limiter call.")
+    rate_limit_timeout_s: float = Field(1.0, gt=0, description="Deadline of the limiter call.")
     rate_limit_failure: Literal["open", "closed"] = Field(
         "open", description="Admit (open) or refuse with 503 (closed) when the limiter fails."
     )
