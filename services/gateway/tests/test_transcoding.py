@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from echo_service import SERVICE, load_echo_api, start_echo_server
 from gateway_support import bearer, issue_key
+
 from mc_gateway.app import RunningGateway, start_gateway
 from mc_gateway.settings import GatewaySettings
 

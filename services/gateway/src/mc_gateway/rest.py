@@ -17,10 +17,9 @@ from urllib.parse import parse_qsl
 import grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import Internal, InvalidArgument, MCError, NotFound, PermissionDenied
@@ -146,15 +145,20 @@ class Door:
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "SERVING"})
 
-    def asgi(self) -> Starlette:
-        methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
-        return Starlette(
-            routes=[
-                Route("/openapi.json", self.openapi_json, methods=["GET"]),
-                Route("/healthz", self.healthz, methods=["GET"]),
-                Route("/{path:path}", self.handle, methods=methods),
-            ]
-        )
+    def asgi(self) -> ASGIApp:
+        """The ASGI app: two fixed paths, every other request through `handle` (no router of
+        Starlette's, so that any path, even one with control characters, gets a JSON answer)."""
+        fixed = {"/openapi.json": self.openapi_json, "/healthz": self.healthz}
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                return
+            request = Request(scope, receive)
+            endpoint = fixed.get(scope.get("path", "")) if request.method == "GET" else None
+            response = await (endpoint or self.handle)(request)
+            await response(scope, receive, send)
+
+        return app
 
 
 def _identity_metadata(identity: Identity) -> list[tuple[str, str]]:
