@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mc_common.errors import NotFound
+from mc_common.identity import WorkloadIdentity
 from mc_gateway.descriptors import Api, load_api
 
 HERE = Path(__file__).parent
@@ -41,7 +42,8 @@ def compile_descriptor_set(out: Path) -> Path:
     return out
 
 
-async def start_echo_server(api: Api) -> tuple[grpc.aio.Server, str]:
+async def start_echo_server(api: Api, identity: WorkloadIdentity) -> tuple[grpc.aio.Server, str]:
+    """The echo service on a free port, serving mTLS as the workload of `identity`."""
     rpcs = {r.name: r for r in api.services[SERVICE]}
     thing_cls = rpcs["GetThing"].output_type
     echo_cls = rpcs["Echo"].output_type
@@ -93,7 +95,7 @@ async def start_echo_server(api: Api) -> tuple[grpc.aio.Server, str]:
     }
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = identity.add_port(server, "127.0.0.1:0")
     await server.start()
     return server, f"127.0.0.1:{port}"
 

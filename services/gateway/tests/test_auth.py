@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import grpc
 import httpx
 import pytest
 from gateway_support import JwksServer, bearer, issue_key, unsigned_token
@@ -18,14 +17,16 @@ from test_rest_fleet import receipt_body
 from mc.pql.v1 import provenance_service_pb2 as psvc
 from mc.pql.v1 import provenance_service_pb2_grpc as pgrpc
 from mc_common.server import RunningServer
+from mc_common.testing.identity import TestTrustDomain
 from mc_gateway.app import RunningGateway, start_gateway
 
 REVOCATION_BOUND_S = 5.0
 
 
-async def receipts_of(pql: RunningServer, tenant: str) -> list[str]:
-    """A tenant's receipts, read directly from the provenance service (not via the gateway)."""
-    async with grpc.aio.insecure_channel(pql.address) as channel:
+async def receipts_of(pql: RunningServer, tenant: str, trust: TestTrustDomain) -> list[str]:
+    """A tenant's receipts, read directly from the provenance service (not via the gateway),
+    over mTLS as the gateway's workload (the only peer pql believes tenant metadata from)."""
+    async with trust.channel(pql.address, server="pql") as channel:
         reply = await pgrpc.ProvenanceServiceStub(channel).ListReceipts(
             psvc.ListReceiptsRequest(), metadata=(("x-mc-tenant", tenant),)
         )
@@ -46,13 +47,16 @@ async def test_no_credentials_is_401_with_a_challenge(http: httpx.AsyncClient) -
 
 
 async def test_a_forged_tenant_header_is_ignored(
-    gateway: RunningGateway, http: httpx.AsyncClient, pql_server: RunningServer
+    gateway: RunningGateway,
+    http: httpx.AsyncClient,
+    pql_server: RunningServer,
+    mc_trust_domain: TestTrustDomain,
 ) -> None:
     key = await issue_key(gateway, "acme")
     forged = {**bearer(key.secret), "x-mc-tenant": "victim", "x-mc-principal": "operator:x"}
     reply = await http.post("/api/provenance/receipts", json=receipt_body(), headers=forged)
     assert reply.status_code == 200 and reply.json()["receipt"]["tenant"] == "acme"
-    assert await receipts_of(pql_server, "victim") == []
+    assert await receipts_of(pql_server, "victim", mc_trust_domain) == []
     admin = await http.post(
         "/api/admin/provenance/signing-keys",
         json={"tenant": "victim", "publicKeyPem": "x"},
@@ -88,6 +92,7 @@ async def test_api_key_lifecycle_over_rest_rotation_overlap_and_revocation_on_ev
     http: httpx.AsyncClient,
     jwks: JwksServer,
     pql_server: RunningServer,
+    mc_trust_domain: TestTrustDomain,
 ) -> None:
     ops = operator_token(jwks)
     created = await http.post(
@@ -134,7 +139,7 @@ async def test_api_key_lifecycle_over_rest_rotation_overlap_and_revocation_on_ev
             assert write.status_code == 401
     finally:
         await replica.stop(0)
-    assert await receipts_of(pql_server, "acme") == []
+    assert await receipts_of(pql_server, "acme", mc_trust_domain) == []
 
 
 async def test_operator_comes_only_from_the_configured_role_claim(
@@ -170,7 +175,11 @@ async def test_a_tenant_token_acts_for_its_tenant_and_issuer_key_rotation_needs_
     ["alg_none", "wrong_audience", "wrong_issuer", "expired", "not_yet_valid", "unknown_key"],
 )
 async def test_bad_tokens_are_refused_and_change_nothing(
-    http: httpx.AsyncClient, jwks: JwksServer, pql_server: RunningServer, attack: str
+    http: httpx.AsyncClient,
+    jwks: JwksServer,
+    pql_server: RunningServer,
+    mc_trust_domain: TestTrustDomain,
+    attack: str,
 ) -> None:
     tokens = {
         "alg_none": lambda: unsigned_token(mc_tenant="acme"),
@@ -186,11 +195,15 @@ async def test_bad_tokens_are_refused_and_change_nothing(
     )
     assert reply.status_code == 401, reply.text
     assert 'error="invalid_token"' in reply.headers["www-authenticate"]
-    assert await receipts_of(pql_server, "acme") == []
+    assert await receipts_of(pql_server, "acme", mc_trust_domain) == []
 
 
 async def test_a_revoked_key_is_refused_and_changes_nothing(
-    gateway: RunningGateway, http: httpx.AsyncClient, jwks: JwksServer, pql_server: RunningServer
+    gateway: RunningGateway,
+    http: httpx.AsyncClient,
+    jwks: JwksServer,
+    pql_server: RunningServer,
+    mc_trust_domain: TestTrustDomain,
 ) -> None:
     key = await issue_key(gateway, "acme")
     revoked = await http.post(f"/api/admin/{key.api_key.name}:revoke", headers=operator_token(jwks))
@@ -199,4 +212,4 @@ async def test_a_revoked_key_is_refused_and_changes_nothing(
         "/api/provenance/receipts", json=receipt_body(), headers=bearer(key.secret)
     )
     assert reply.status_code == 401
-    assert await receipts_of(pql_server, "acme") == []
+    assert await receipts_of(pql_server, "acme", mc_trust_domain) == []

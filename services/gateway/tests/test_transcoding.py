@@ -15,17 +15,24 @@ import pytest
 from echo_service import SERVICE, load_echo_api, start_echo_server
 from gateway_support import bearer, issue_key
 
+from mc_common.testing.identity import TestTrustDomain
 from mc_gateway.app import RunningGateway, start_gateway
 from mc_gateway.settings import GatewaySettings
 
 
 @pytest.fixture
-async def echo_gateway(pg_dsn: str, tmp_path: Path) -> AsyncIterator[RunningGateway]:
+async def echo_gateway(
+    pg_dsn: str, tmp_path: Path, mc_trust_domain: TestTrustDomain
+) -> AsyncIterator[RunningGateway]:
     path = tmp_path / "echo.binpb"
     api = load_echo_api(path)
-    server, address = await start_echo_server(api)
+    server, address = await start_echo_server(api, mc_trust_domain.identity("echo"))
     settings = GatewaySettings(
-        postgres_dsn=pg_dsn, descriptor_set_path=path, upstreams={SERVICE: address}
+        postgres_dsn=pg_dsn,
+        identity=mc_trust_domain.settings("gateway"),
+        descriptor_set_path=path,
+        upstreams={SERVICE: address},
+        upstream_servers={SERVICE: "echo"},
     )
     running = await start_gateway(settings)
     yield running
