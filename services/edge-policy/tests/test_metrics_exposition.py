@@ -6,13 +6,13 @@ import urllib.request
 from datetime import timedelta
 from pathlib import Path
 
-import grpc
 from edge_support import BUILD_TIME, Clock
 from prometheus_client import generate_latest
 
 from mc.policy.v1 import policy_service_pb2 as svc
 from mc.policy.v1 import policy_service_pb2_grpc as svc_grpc
 from mc_common.server import start_server
+from mc_common.testing.identity import TestTrustDomain
 from mc_common.testing.infra import free_port
 from mc_common.testing.promtool import promtool_problems
 from mc_edge_policy.app import EdgePolicyApp
@@ -25,7 +25,10 @@ from mc_edge_policy.signatures import KeyRing, SigningKey
 
 
 async def test_exposition_passes_promtool(
-    tmp_path: Path, signing_key: SigningKey, live_bundle: BuiltBundle
+    tmp_path: Path,
+    signing_key: SigningKey,
+    live_bundle: BuiltBundle,
+    mc_trust_domain: TestTrustDomain,
 ) -> None:
     keys = tmp_path / "keys.json"
     keys.write_text(
@@ -42,7 +45,7 @@ async def test_exposition_passes_promtool(
     app = await EdgePolicyApp.create(settings)
     running = await start_server(settings, app.spec())
     try:
-        async with grpc.aio.insecure_channel(running.address) as channel:
+        async with mc_trust_domain.channel(running.address) as channel:
             stub = svc_grpc.PolicyServiceStub(channel)
             await stub.Evaluate(
                 svc.EvaluateRequest(package="mc/residency"), metadata=[("x-mc-tenant", "acme")]
