@@ -56,7 +56,7 @@ def test_dev_up_runs_the_fleet_and_stops_cleanly(
     env.pop("MC_KAFKA_BOOTSTRAP", None)
     data = tmp_path / "dev"
     proc = subprocess.Popen(
-        [*MAESTRO, "dev", "up", "--data-dir", str(data)],
+        [*MAESTRO, "dev", "up", "--any-ports", "--data-dir", str(data)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

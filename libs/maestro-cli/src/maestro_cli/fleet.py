@@ -1,9 +1,14 @@
-"""The local fleet: which services exist, how to start each, and the supervisor that runs them.
+"""The local fleet: the declared services, their infrastructure, and the supervisor running them.
 
-`maestro dev up` resolves Postgres and Redis (configured URL, else the machine's server, else an
-embedded one), starts a Tansu Kafka broker, starts every service as a child process with its
-settings in the environment (each applies its own migrations at start-up), waits until all
-report SERVING on gRPC health, prints their endpoints, and stops everything on Ctrl-C.
+`maestro dev up` resolves Postgres and Redis (a configured server, else the machine's, else an
+embedded one; `--embedded` forces embedded ones), starts a Tansu Kafka broker (unless one is
+configured), starts every declared service (`mc_common.manifest`) as a child process with its
+settings in the environment, waits until all report SERVING, writes `endpoints.json`, and on
+Ctrl-C stops the services within the grace period, then the broker and embedded servers.
+
+Every child runs in its own session (a terminal's Ctrl-C reaches only `maestro`, which stops
+them in order) and dies with `maestro` if it is killed (`PR_SET_PDEATHSIG`); `endpoints.json`
+names `maestro`'s pid, so a file left by a killed fleet is recognised as stale.
 
 Identity: the fleet is a trust domain of its own, `mc.dev`. Its CA lives in
 `<data-dir>/identity/ca` (made on first use, kept across runs); each `dev up` issues fresh
@@ -16,12 +21,14 @@ gateway). `MC_IDENTITY_MODE=plaintext-dev` runs everything in plaintext on loopb
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -29,11 +36,13 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mc_common import devinfra
 from mc_common.identity import IdentitySettings, WorkloadIdentity
 from mc_common.identity.ca import TrustDomainCA
-from mc_common.manifest import DevContext, ServiceManifest, load_services
-from mc_common.testing import infra
+from mc_common.manifest import DevContext, Infra, ServiceManifest, load_services
 
+ENDPOINTS = "endpoints.json"
+PID_KEY = "maestro_pid"  # never a service name: those have no underscore
 DEV_TRUST_DOMAIN = "mc.dev"
 DEV_NAMESPACE = "mc"
 CLI_CALLER = "maestro-cli"
@@ -47,6 +56,10 @@ IDENTITY_PREFIX = "MC_IDENTITY_"
 
 class FleetError(RuntimeError):
     """The fleet cannot start; the message is one line saying what to fix."""
+
+
+class Interrupted(FleetError):
+    """Ctrl-C (or SIGTERM) arrived while the fleet was starting."""
 
 
 def select_services(only: tuple[str, ...] = ()) -> tuple[ServiceManifest, ...]:
@@ -80,22 +93,63 @@ class Fleet:
 
     data_dir: Path
     only: tuple[str, ...] = ()
-    broker: infra.TansuBroker | None = None
+    embedded: bool = False
+    stop_grace_s: float = 10.0
+    any_ports: bool = False
+    stopping: threading.Event = field(default_factory=threading.Event)
+    announce: Callable[[str], None] = field(default=lambda line: None)
     infra: DevContext | None = None
     services: list[RunningService] = field(default_factory=list)
     selected: tuple[ServiceManifest, ...] = ()
+    killed: list[str] = field(default_factory=list)
+    _stoppers: list[Callable[[], None]] = field(default_factory=list)
 
-    def start_infra(self) -> DevContext:
+    # --- infrastructure ----------------------------------------------------------------------
+
+    def start_infra(self, needs: frozenset[Infra]) -> DevContext:
+        """Resolve or start what `needs` names; the rest is left empty."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        admin_dsn = os.environ.get("MC_POSTGRES_DSN") or infra.postgres_dsn()
-        dsn = _ensure_database(admin_dsn, os.environ.get("MC_DEV_DATABASE", "mc_dev"))
-        redis = os.environ.get("MC_REDIS_URL") or infra.redis_url()
-        kafka = os.environ.get("MC_KAFKA_BOOTSTRAP")
-        if not kafka:
-            self.broker = infra.start_tansu()
-            kafka = self.broker.bootstrap_servers
+        dsn = redis = kafka = ""
+        if Infra.POSTGRES in needs:
+            admin = self._postgres()
+            dsn = devinfra.ensure_database(admin, os.environ.get("MC_DEV_DATABASE", "mc_dev"))
+        if Infra.REDIS in needs:
+            redis = self._redis()
+        if Infra.KAFKA in needs:
+            kafka = self._kafka()
         self.infra = DevContext(dsn, redis, kafka, self.data_dir)
         return self.infra
+
+    def _postgres(self) -> str:
+        if not self.embedded:
+            if configured := _configured("MC_POSTGRES_DSN", devinfra.postgres_reachable):
+                return configured
+            if machine := devinfra.machine_postgres_dsn():
+                return machine
+        self.announce("starting embedded Postgres")
+        server = devinfra.EmbeddedPostgres.start()
+        self._stoppers.append(server.stop)
+        return server.dsn
+
+    def _redis(self) -> str:
+        if not self.embedded:
+            if configured := _configured("MC_REDIS_URL", devinfra.redis_url_reachable):
+                return configured
+            if devinfra.redis_reachable():
+                return devinfra.LOCAL_REDIS_URL
+        self.announce("starting embedded Redis")
+        server = devinfra.EmbeddedRedis.start()
+        self._stoppers.append(server.stop)
+        return server.url
+
+    def _kafka(self) -> str:
+        if configured := _configured("MC_KAFKA_BOOTSTRAP", devinfra.kafka_reachable):
+            return configured
+        broker = devinfra.start_tansu()
+        self._stoppers.append(broker.stop)
+        return broker.bootstrap_servers
+
+    # --- services ----------------------------------------------------------------------------
 
     def start_services(self) -> None:
         assert self.infra is not None
@@ -103,8 +157,9 @@ class Fleet:
         ca = None if plaintext else issue_dev_svids(self.data_dir, [*DEV_CALLERS])
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(IDENTITY_PREFIX)}
         for definition in self.selected or select_services(self.only):
-            grpc_port = _port_or_free(definition.grpc_port)
-            metrics_port = _port_or_free(definition.metrics_port)
+            self._check_not_stopping()
+            grpc_port = self._port(definition.grpc_port)
+            metrics_port = self._port(definition.metrics_port)
             env = {
                 **inherited,
                 **definition.env(self.infra, grpc_port, metrics_port),
@@ -118,12 +173,21 @@ class Fleet:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches maestro only; it stops them in order
+                preexec_fn=devinfra.die_with_parent(signal.SIGTERM),
             )
             self.services.append(
                 RunningService(definition, process, grpc_port, metrics_port, log_path, log_file)
             )
+            self.announce(f"starting {definition.name} (pid {process.pid})")
 
-    def wait_healthy(self, timeout: float = 60.0) -> None:
+    def _port(self, preferred: int) -> int:
+        """The declared port when free (so CLI defaults work), else any free port."""
+        if not self.any_ports and devinfra.port_is_free(preferred):
+            return preferred
+        return devinfra.free_port()
+
+    def wait_healthy(self, timeout: float = 120.0) -> None:
         """Block until every service reports SERVING; raise with its log tail if one dies."""
         deadline = time.monotonic() + timeout
         identity = dev_identity(self.data_dir)
@@ -132,63 +196,85 @@ class Fleet:
             with identity.sync_channel(service.address, server=name) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while True:
+                    self._check_not_stopping()
                     if service.process.poll() is not None:
-                        raise RuntimeError(
-                            f"{service.definition.name} exited:\n{_tail(service.log_path)}"
+                        raise FleetError(
+                            f"{name} exited with {service.process.returncode} before serving; "
+                            f"its log ({service.log_path}) ends:\n{_tail(service.log_path)}"
                         )
                     with contextlib.suppress(grpc.RpcError):
                         reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                         if reply.status == health_pb2.HealthCheckResponse.SERVING:
                             break
                     if time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"{service.definition.name} not healthy in {timeout}s:\n"
-                            f"{_tail(service.log_path)}"
+                        raise FleetError(
+                            f"{name} not SERVING within {timeout:.0f}s; its log "
+                            f"({service.log_path}) ends:\n{_tail(service.log_path)}"
                         )
-                    time.sleep(0.1)
+                    self.stopping.wait(0.1)
+
+    def _check_not_stopping(self) -> None:
+        if self.stopping.is_set():
+            raise Interrupted("interrupted while starting")
 
     def endpoints(self) -> list[tuple[str, str, str]]:
         assert self.infra is not None
         rows = [
-            ("postgres", _redact(self.infra.postgres_dsn), ""),
-            ("redis", self.infra.redis_url, ""),
-            ("kafka", self.infra.kafka_bootstrap, ""),
+            (name, value, "")
+            for name, value in (
+                ("postgres", devinfra.redact(self.infra.postgres_dsn)),
+                ("redis", self.infra.redis_url),
+                ("kafka", self.infra.kafka_bootstrap),
+            )
+            if value and value != "(unparsable DSN)"
         ]
         rows += [
             (
                 s.definition.name,
                 f"grpc://{s.address}",
-                f"http://127.0.0.1:{s.metrics_port}/metrics  log: {s.log_path}",
+                f"http://127.0.0.1:{s.metrics_port}/metrics  pid {s.process.pid}  "
+                f"log: {s.log_path}",
             )
             for s in self.services
         ]
         return rows
 
+    # --- stopping ----------------------------------------------------------------------------
+
     def stop(self) -> None:
-        (self.data_dir / "endpoints.json").unlink(missing_ok=True)
-        for service in reversed(self.services):
+        """Stop every service (SIGTERM, then SIGKILL after the grace), then the infrastructure."""
+        (self.data_dir / ENDPOINTS).unlink(missing_ok=True)
+        for service in self.services:
             if service.process.poll() is None:
                 service.process.send_signal(signal.SIGTERM)
-        for service in reversed(self.services):
+        deadline = time.monotonic() + self.stop_grace_s
+        for service in self.services:
             try:
-                service.process.wait(timeout=15)
+                service.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 service.process.kill()
                 service.process.wait()
+                self.killed.append(service.definition.name)
+                self.announce(
+                    f"{service.definition.name} killed: not stopped within "
+                    f"{self.stop_grace_s:g}s (see {service.log_path})"
+                )
+            else:
+                self.announce(f"{service.definition.name} stopped")
             service.log_file.close()
         self.services.clear()
-        if self.broker is not None:
-            self.broker.stop()
-            self.broker = None
+        while self._stoppers:
+            self._stoppers.pop()()
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Fleet]:
         self.selected = select_services(self.only)  # an unknown name fails before anything starts
+        claim_data_dir(self.data_dir)
         try:
-            self.start_infra()
+            self.start_infra(frozenset().union(*(m.needs for m in self.selected)))
             self.start_services()
             self.wait_healthy()
-            write_endpoints(self.data_dir / "endpoints.json", self)
+            write_endpoints(self.data_dir / ENDPOINTS, self)
             yield self
         finally:
             self.stop()
@@ -242,52 +328,63 @@ def client_identity(data_dir: Path) -> WorkloadIdentity:
     return dev_identity(data_dir)
 
 
-def _port_or_free(preferred: int) -> int:
-    """`preferred` when nothing listens there, so CLI defaults work; any free port otherwise."""
-    import socket
+def _configured(variable: str, reachable: Callable[[str], bool]) -> str | None:
+    """The value of `variable` when set; one line naming it when its server is unreachable."""
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    if not reachable(value):
+        shown = devinfra.redact(value) if variable == "MC_POSTGRES_DSN" else value
+        raise FleetError(
+            f"{variable}={shown} is not reachable: start that server, unset {variable} "
+            "to use the machine's or an embedded one, or pass --embedded"
+        )
+    return value
 
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", preferred))
-        except OSError:
-            return infra.free_port()
-    return preferred
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_data_dir(data_dir: Path) -> None:
+    """Refuse a data dir another live fleet uses; remove what a dead one left behind."""
+    path = data_dir / ENDPOINTS
+    try:
+        owner = json.loads(path.read_text()).get(PID_KEY)
+    except (OSError, ValueError, AttributeError):
+        owner = None
+    if owner != os.getpid() and _pid_alive(owner):
+        raise FleetError(f"a fleet (pid {owner}) already runs with data dir {data_dir}")
+    path.unlink(missing_ok=True)
 
 
 def write_endpoints(path: Path, fleet: Fleet) -> None:
     """Record service addresses for other `maestro` commands (removed when the fleet stops)."""
-    import json
-
-    path.write_text(json.dumps({s.definition.name: s.address for s in fleet.services}))
+    entries: dict[str, object] = {s.definition.name: s.address for s in fleet.services}
+    entries[PID_KEY] = os.getpid()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries))
+    tmp.replace(path)
 
 
 def read_endpoint(data_dir: Path, service: str) -> str | None:
-    import json
-
+    """The address of `service` in the running fleet of `data_dir`; None when no fleet runs
+    there (a file left by a fleet that died is ignored)."""
     try:
-        return str(json.loads((data_dir / "endpoints.json").read_text())[service])
-    except (OSError, ValueError, KeyError):
+        entries = json.loads((data_dir / ENDPOINTS).read_text())
+        if not _pid_alive(entries.get(PID_KEY)):
+            return None
+        return str(entries[service])
+    except (OSError, ValueError, KeyError, AttributeError):
         return None
-
-
-def _ensure_database(admin_dsn: str, name: str) -> str:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return infra.database_dsn(admin_dsn, name)
-
-
-def _redact(dsn: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    parts = conninfo_to_dict(dsn)
-    if parts.get("password"):
-        parts["password"] = "***"
-    return make_conninfo("", **parts)  # type: ignore[arg-type]
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -7,21 +7,29 @@ import argparse
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from maestro_cli import pql
-from maestro_cli.fleet import Fleet, client_identity, read_endpoint
+from maestro_cli.fleet import Fleet, FleetError, Interrupted, client_identity, read_endpoint
+from maestro_cli.paths import data_dir
+from mc_common.devinfra import InfraError
 from mc_common.identity import IdentityError
+from mc_common.manifest import ManifestError
 
 EXIT_OK, EXIT_BROKEN, EXIT_ERROR = 0, 1, 2
 
 
 def _dev_up(args: argparse.Namespace) -> int:
-    fleet = Fleet(Path(args.data_dir).resolve(), only=tuple(args.only or ()))
-    stop = threading.Event()
+    fleet = Fleet(
+        data_dir(args.data_dir),
+        only=tuple(args.only or ()),
+        embedded=args.embedded,
+        stop_grace_s=args.stop_grace,
+        any_ports=args.any_ports,
+        announce=lambda line: print(line, flush=True),
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda *_: fleet.stopping.set())
     try:
         with fleet.running():
             rows = fleet.endpoints()
@@ -30,17 +38,20 @@ def _dev_up(args: argparse.Namespace) -> int:
             for name, endpoint, extra in rows:
                 print(f"{name.ljust(width)}  {endpoint}  {extra}".rstrip())
             print("ready: the fleet is up; Ctrl-C stops it", flush=True)
-            stop.wait()
+            fleet.stopping.wait()
             print("stopping...", flush=True)
-    except RuntimeError as exc:
+    except Interrupted:
+        print("stopped before the fleet was ready", flush=True)
+        return EXIT_OK if not fleet.killed else EXIT_BROKEN
+    except (FleetError, InfraError, ManifestError) as exc:
         print(f"maestro dev up failed: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print("stopped", flush=True)
-    return EXIT_OK
+    return EXIT_OK if not fleet.killed else EXIT_BROKEN
 
 
 def _pql_address(args: argparse.Namespace) -> str:
-    return str(args.address or read_endpoint(Path(args.data_dir), "pql") or "127.0.0.1:7301")
+    return str(args.address or read_endpoint(data_dir(args.data_dir), "pql") or "127.0.0.1:7301")
 
 
 def _receipts_verify(args: argparse.Namespace) -> int:
@@ -70,7 +81,7 @@ def _receipts_witness(args: argparse.Namespace) -> int:
     from mc_common.receipts.note import COSIGNATURE_V1, NoteSigner, NoteVerifier
 
     signer = NoteSigner.from_pem(args.name, Path(args.key).read_bytes(), sig_type=COSIGNATURE_V1)
-    state = Path(args.state or Path(args.data_dir) / "witness" / "state.json")
+    state = Path(args.state or data_dir(args.data_dir) / "witness" / "state.json")
     witness = Witness(NoteVerifier.parse(args.log_key), signer, state, lambda *_: [])
     print(f"witness {signer.verifier.vkey()} watching {args.topic}", flush=True)
 
@@ -86,11 +97,21 @@ def _receipts_witness(args: argparse.Namespace) -> int:
             cosigned_topic=args.cosigned_topic,
             group_id=args.group,
             stop=stop,
-            identity=client_identity(Path(args.data_dir)),
+            identity=client_identity(data_dir(args.data_dir)),
         )
 
     asyncio.run(run())
     return EXIT_OK
+
+
+def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("MC_DEV_DATA_DIR", "var/dev"),
+        metavar="DIR",
+        help="the dev fleet's directory (logs, keys, endpoints.json); relative paths are from "
+        "the repository root (env MC_DEV_DATA_DIR; default var/dev)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +122,33 @@ def build_parser() -> argparse.ArgumentParser:
         dest="dev_command", required=True
     )
     up = dev.add_parser("up", help="start the whole fleet locally until Ctrl-C")
-    up.add_argument("--data-dir", default=os.environ.get("MC_DEV_DATA_DIR", "var/dev"))
-    up.add_argument("--only", action="append", help="start only this service (repeatable)")
+    _data_dir_option(up)
+    up.add_argument(
+        "--only",
+        action="append",
+        metavar="SERVICE",
+        help="start only this service (repeatable); an unknown name lists the services",
+    )
+    up.add_argument(
+        "--embedded",
+        action="store_true",
+        help="use embedded Postgres and Redis even when MC_POSTGRES_DSN / MC_REDIS_URL or the "
+        "machine's servers are available",
+    )
+    up.add_argument(
+        "--any-ports",
+        action="store_true",
+        help="give services free ports instead of their declared ones (several fleets on one "
+        "machine; other commands find them through endpoints.json)",
+    )
+    up.add_argument(
+        "--stop-grace",
+        type=float,
+        default=float(os.environ.get("MC_DEV_STOP_GRACE_S", "10")),
+        metavar="SECONDS",
+        help="on Ctrl-C, how long services get to stop before they are killed "
+        "(env MC_DEV_STOP_GRACE_S; default 10)",
+    )
     up.set_defaults(func=_dev_up)
 
     receipts = commands.add_parser("receipts", help="execution receipts").add_subparsers(
@@ -115,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("MC_PQL_ADDRESS"),
             help="provenance service address (env MC_PQL_ADDRESS; default: the dev fleet's)",
         )
-        command.add_argument("--data-dir", default=os.environ.get("MC_DEV_DATA_DIR", "var/dev"))
+        _data_dir_option(command)
 
     verify = receipts.add_parser(
         "verify",

@@ -11,13 +11,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import IO, Any
 
 import grpc
 from google.protobuf import struct_pb2
 
 from maestro_cli.fleet import client_identity, read_endpoint
+from maestro_cli.paths import data_dir
 
 EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 _REFUSED = (
@@ -73,8 +73,8 @@ def _common(parser: argparse.ArgumentParser, *, params: bool = True) -> None:
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
     """mTLS to the provenance service with the CLI's SVID (see `client_identity`)."""
-    address = args.address or read_endpoint(Path(args.data_dir), "pql") or "127.0.0.1:7301"
-    return client_identity(Path(args.data_dir)).sync_channel(address, server="pql")
+    address = args.address or read_endpoint(data_dir(args.data_dir), "pql") or "127.0.0.1:7301"
+    return client_identity(data_dir(args.data_dir)).sync_channel(address, server="pql")
 
 
 def parse_params(pairs: Sequence[str]) -> dict[str, struct_pb2.Value]:

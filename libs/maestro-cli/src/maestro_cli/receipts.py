@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import grpc
 
+from maestro_cli import paths
 from maestro_cli.fleet import client_identity
 from mc.pql.v1 import provenance_pb2 as pb
 from mc.pql.v1 import receipt_log_service_pb2 as log_pb
@@ -54,7 +55,7 @@ class Target:
 
 
 def state_dir(data_dir: str) -> Path:
-    return Path(data_dir) / "receipts"
+    return paths.data_dir(data_dir) / "receipts"
 
 
 def _progress(out: TextIO, done: int, total: int) -> None:
@@ -206,7 +207,7 @@ def audit(
 
 def _channel(args: argparse.Namespace, address: str) -> grpc.Channel:
     """mTLS to the provenance service with the CLI's SVID (see `client_identity`)."""
-    return client_identity(Path(args.data_dir)).sync_channel(address, server="pql")
+    return client_identity(paths.data_dir(args.data_dir)).sync_channel(address, server="pql")
 
 
 def export_keys(args: argparse.Namespace, address: str) -> int:

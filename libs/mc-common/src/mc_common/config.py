@@ -1,13 +1,20 @@
-"""Typed settings from the environment: one settings class per service, sharing these fields."""
+"""Typed settings from the environment: one settings class per service, sharing these fields.
+
+`ServiceSettings` has what every service has; `PostgresSettings` and `KafkaSettings` add what
+every Postgres or Kafka user has (a service subclasses the ones it needs).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mc_common.identity.settings import IdentitySettings
+
+if TYPE_CHECKING:
+    from mc_common.events.consumer import GroupTimings
 
 
 class ServiceSettings(BaseSettings):
@@ -43,3 +50,44 @@ class ServiceSettings(BaseSettings):
         description="Kafka event format written: CloudEvents binary mode, or the pre-CloudEvents "
         "envelope while consumers that only read it are still deployed (ADR 0051).",
     )
+
+
+class PostgresSettings(ServiceSettings):
+    """Settings of a service that keeps its state in Postgres (mix in beside its own fields).
+
+    A service sets its own schema default by redeclaring `db_schema`.
+    """
+
+    postgres_dsn: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/postgres", description="The service's database."
+    )
+    db_schema: str = Field(
+        "public", pattern=r"^[a-z_][a-z0-9_]*$", description="Postgres schema of its tables."
+    )
+    pool_min_size: int = Field(2, ge=1, description="Connections the pool keeps open.")
+    pool_max_size: int = Field(10, ge=1, description="Most connections the pool opens.")
+
+
+class KafkaSettings(ServiceSettings):
+    """Settings of a service that produces or consumes Kafka events."""
+
+    kafka_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers; unset disables the service's events."
+    )
+    kafka_session_timeout_ms: int = Field(
+        10_000,
+        ge=1_000,
+        description="Consumer-group session timeout (a dead member is noticed after this).",
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        3_000, ge=100, description="Consumer-group heartbeat interval."
+    )
+
+    def group_timings(self) -> GroupTimings:
+        """The consumer-group timings for `EventConsumer(..., timings=...)`."""
+        from mc_common.events.consumer import GroupTimings
+
+        return GroupTimings(
+            session_timeout_ms=self.kafka_session_timeout_ms,
+            heartbeat_interval_ms=self.kafka_heartbeat_interval_ms,
+        )

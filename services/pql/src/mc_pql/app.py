@@ -139,6 +139,7 @@ class PqlApp:
                 settings.kafka_bootstrap,
                 settings.decisions_topic,
                 group_id=settings.consumer_group,
+                timings=settings.group_timings(),
                 handler=DecisionEventHandler(store, processed),
                 max_attempts=settings.consumer_max_attempts,
             )

@@ -8,21 +8,16 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from mc_common.config import ServiceSettings
+from mc_common.config import KafkaSettings, PostgresSettings
 from mc_common.pagetokens import PageTokens
 
 
-class PqlSettings(ServiceSettings):
+class PqlSettings(PostgresSettings, KafkaSettings):
     """Everything the provenance service reads from its environment."""
 
     model_config = SettingsConfigDict(env_prefix="MC_PQL_", extra="ignore", frozen=True)
 
-    postgres_dsn: str = Field(
-        "postgresql://postgres@127.0.0.1:5432/postgres", description="Provenance database."
-    )
     db_schema: str = Field("pql", pattern=r"^[a-z_][a-z0-9_]*$", description="Postgres schema.")
-    pool_min_size: int = Field(2, ge=1)
-    pool_max_size: int = Field(10, ge=1)
     signing_key_path: Path = Field(
         ..., description="PEM ECDSA P-256 private key the service signs receipts with."
     )
@@ -73,9 +68,6 @@ class PqlSettings(ServiceSettings):
         default_factory=dict,
         description="JSON map of receipt key id -> [not_before, not_after] (RFC 3339 or null), "
         "published with the keys (GetVerificationKeys).",
-    )
-    kafka_bootstrap: str | None = Field(
-        None, description="Kafka bootstrap servers; unset disables the decisions consumer."
     )
     decisions_topic: str = Field("mc.policy.decisions", description="Policy decisions topic.")
     consumer_group: str = Field("mc-pql", description="Kafka consumer group of this service.")

@@ -24,10 +24,11 @@ Delivery contract (see docs/adr/0004-events-at-least-once.md and 0032):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -88,6 +89,9 @@ class GroupTimings:
             "rebalance_timeout_ms": self.rebalance_timeout_ms,
             "max_poll_interval_ms": self.max_poll_interval_ms,
         }
+
+
+T = TypeVar("T")
 
 
 class _StopRequested(Exception):
@@ -209,17 +213,20 @@ class EventConsumer:
         try:
             if owns_producer:
                 await producer.start()
-            await consumer.start()
+            await self._unless_stopped(consumer.start())
             while not self._stopping.is_set():
-                batches = await consumer.getmany(
-                    timeout_ms=self._poll_timeout_ms, max_records=self._max_batch
+                batches = await self._unless_stopped(
+                    consumer.getmany(timeout_ms=self._poll_timeout_ms, max_records=self._max_batch)
                 )
                 for partition, records in batches.items():
                     self._enqueue(consumer, producer, partition, records)
                 self._reap(consumer)
+        except _StopRequested:
+            pass  # stop() came while starting or polling
         finally:
             try:
                 await self._finish_workers()
+                await _abandon_join(consumer)
                 await _leave_group_at_generation_zero(consumer)
                 await consumer.stop()
             finally:
@@ -400,6 +407,24 @@ class EventConsumer:
                 extra={"topic": partition.topic, "partition": partition.partition},
             )
 
+    async def _unless_stopped(self, awaitable: Awaitable[T]) -> T:
+        """`awaitable`'s result, unless `stop()` comes first: then it is cancelled and this
+        raises `_StopRequested`. Starting and polling can wait for a group join (seconds on
+        Tansu); nothing polled and not yet settled is committed, so nothing is lost."""
+        work = asyncio.ensure_future(awaitable)
+        stopped = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((work, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        if work.cancelled() or not work.done():
+            raise _StopRequested
+        return work.result()
+
     async def _stop_requested_within(self, seconds: float) -> bool:
         try:
             async with asyncio.timeout(seconds):
@@ -424,6 +449,26 @@ class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def _record_fields(record: ConsumerRecord[Any, Any]) -> dict[str, Any]:
     return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+async def _abandon_join(consumer: AIOKafkaConsumer) -> None:
+    """Cancel a group join still in flight, so that stopping never waits for it.
+
+    aiokafka's `stop()` waits for its coordination task, which may be blocked in a JoinGroup
+    the broker answers only after a rebalance delay (seconds on Tansu, half the session timeout).
+    A member that never joined has nothing to commit or leave. Uses aiokafka internals, hence
+    the defensive lookups; if they change, stopping only waits for the join as before.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    task = getattr(coordinator, "_coordination_task", None)
+    if task is None or task.done() or getattr(coordinator, "generation", 0) != -1:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    current = asyncio.current_task()
+    if current is not None and current.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _leave_group_at_generation_zero(consumer: AIOKafkaConsumer) -> None:
