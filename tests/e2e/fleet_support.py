@@ -36,7 +36,7 @@ class DevUp:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
-    def wait_for(self, needle: str, timeout: float = 180) -> str:
+    def wait_for(self, needle: str, timeout: float = 300) -> str:
         """The first line containing `needle`; fails if the process ends or time runs out."""
         deadline = time.monotonic() + timeout
         for line in self.lines:

@@ -26,7 +26,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -71,6 +70,30 @@ def select_services(only: tuple[str, ...] = ()) -> tuple[ServiceManifest, ...]:
     return tuple(m for m in services if not only or m.name in only)
 
 
+class StopFlag:
+    """Set by Ctrl-C: a plain attribute, since a signal handler that takes a lock (as
+    `threading.Event.set` does) deadlocks when the signal lands while the main thread holds it."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until set or `timeout` s have passed; whether it is set."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._set:
+            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            time.sleep(left)
+        return True
+
+
 @dataclass
 class RunningService:
     """A started child process and its endpoints."""
@@ -96,7 +119,7 @@ class Fleet:
     embedded: bool = False
     stop_grace_s: float = 10.0
     any_ports: bool = False
-    stopping: threading.Event = field(default_factory=threading.Event)
+    stopping: StopFlag = field(default_factory=StopFlag)
     announce: Callable[[str], None] = field(default=lambda line: None)
     infra: DevContext | None = None
     services: list[RunningService] = field(default_factory=list)
@@ -187,7 +210,7 @@ class Fleet:
             return preferred
         return devinfra.free_port()
 
-    def wait_healthy(self, timeout: float = 120.0) -> None:
+    def wait_healthy(self, timeout: float = 300.0) -> None:
         """Block until every service reports SERVING; raise with its log tail if one dies."""
         deadline = time.monotonic() + timeout
         identity = dev_identity(self.data_dir)
