@@ -37,13 +37,13 @@ def _port_or_free(preferred: int) -> int:
     one machine; the chosen port is in the gateway's log line `serving`)."""
     import socket
 
-    from mc_common.testing import infra
+    from mc_common import devinfra
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind(("127.0.0.1", preferred))
         except OSError:
-            return infra.free_port()
+            return devinfra.free_port()
     return preferred
 
 
