@@ -28,6 +28,8 @@ from envoy_data_plane.envoy.service.ratelimit.v3 import (
 )
 from envoy_data_plane.envoy.type.v3 import RateLimitUnit
 from grpc_status import rpc_status
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from envoy.service.ratelimit.v3 import rls_pb2 as rls
 from mc.limiter.v1 import limiter_pb2 as pb
@@ -279,3 +281,50 @@ async def test_x_ratelimit_headers(serve: Serve) -> None:
     assert headers["X-RateLimit-Remaining"] == "2"
     limit = http_sf.parse(headers["X-RateLimit-Limit"].encode(), tltype="list")
     assert limit == [(3, {}), (3, {"w": 1})]
+
+
+_WEIRD = st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.sampled_from(
+    ["tenant", "token", "acme", "a/b=c%:", "x" * 1100, ""]
+)
+_ENTRY = st.builds(RateLimitDescriptorEntry, key=_WEIRD, value=_WEIRD)
+_OVERRIDE = st.builds(
+    RateLimitDescriptorRateLimitOverride,
+    requests_per_unit=st.integers(0, 2**32 - 1),
+    unit=st.sampled_from(list(RateLimitUnit)),
+)
+_DESCRIPTOR = st.builds(
+    RateLimitDescriptor,
+    entries=st.lists(_ENTRY, max_size=5),
+    hits_addend=st.none() | st.integers(0, 2**64 - 1),
+    limit=st.none() | _OVERRIDE,
+)
+_REQUEST = st.builds(
+    RateLimitRequest,
+    domain=st.sampled_from(["edge", "", "d" * 200]) | _WEIRD,
+    descriptors=st.lists(_DESCRIPTOR, max_size=6),
+    hits_addend=st.integers(0, 2**32 - 1),
+)
+
+
+async def test_no_rls_request_gets_internal(serve: Serve) -> None:
+    """Generated Envoy requests (encoded by Envoy's own protos): every one is answered with a
+    status per descriptor, or INVALID_ARGUMENT for the whole call; never INTERNAL/UNKNOWN."""
+    channel, _ = await serve(gcra_rule("edge-per-ip", "edge:remote_address=*", 3))
+    seen: list[RateLimitRequest] = []
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(_REQUEST)
+    def collect(request: RateLimitRequest) -> None:
+        seen.append(request)
+
+    collect()
+    for request in seen:
+        try:
+            reply = await should_rate_limit(channel, request)
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (request, exc.details())
+            assert not request.domain or len(request.domain) > 128 or not request.descriptors
+            continue
+        assert len(reply.statuses) == len(request.descriptors)
+        assert {s.code for s in reply.statuses} <= {OK, OVER}
+        assert reply.overall_code == (OVER if OVER in {s.code for s in reply.statuses} else OK)
