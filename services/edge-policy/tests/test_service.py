@@ -187,7 +187,13 @@ async def test_explain_returns_fired_rules_and_redacted_input(stub: Stub) -> Non
     explained = await stub.Explain(
         svc.ExplainRequest(
             package="mc/residency",
-            input=struct({"resource": {"region": "us-east-1"}, "password": "hunter2"}),
+            input=struct(
+                {
+                    "resource": {"region": "us-east-1"},
+                    "password": "hunter2",
+                    "caller": {"spiffe_id": "spiffe://mc.local/ns/mc/sa/bundle-signer"},
+                }
+            ),
         ),
         metadata=md("acme"),
     )
@@ -195,6 +201,21 @@ async def test_explain_returns_fired_rules_and_redacted_input(stub: Stub) -> Non
     assert explained.fired_rules[0].remediation
     assert explained.input["password"] == "[REDACTED]"
     assert explained.input["tenant"]["id"] == "acme"
+    # The caller is the verified SVID of the connection (the test gateway), not the input's.
+    spiffe_id = explained.input["caller"]["spiffe_id"]
+    assert spiffe_id.startswith("spiffe://mc.test/") and spiffe_id.endswith("/sa/gateway")
+
+
+async def test_workload_checks_use_the_peer_svid_not_the_input(stub: Stub) -> None:
+    forged = {
+        "action": "bundle.publish",
+        "caller": {"spiffe_id": "spiffe://mc.local/ns/mc/sa/bundle-signer"},
+    }
+    response = await stub.Evaluate(
+        svc.EvaluateRequest(package="mc/authz", input=struct(forged)), metadata=md("acme")
+    )
+    assert not response.decision.allow
+    assert response.decision.rule == "authz.unknown_workload"
 
 
 async def test_unknown_package_and_missing_tenant_are_typed(stub: Stub) -> None:

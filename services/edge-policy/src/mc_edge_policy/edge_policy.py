@@ -7,7 +7,7 @@ from typing import Any
 
 from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import NotFound, PermissionDenied, ResourceExhausted
-from mc_common.tenancy import current_principal, require_tenant
+from mc_common.tenancy import current_peer, current_principal, require_tenant
 from mc_edge_policy.decision_log import DecisionSink
 from mc_edge_policy.evaluator import UnknownPackage
 from mc_edge_policy.limits import UsageSource, with_limits
@@ -15,14 +15,11 @@ from mc_edge_policy.pdp import Caller, Decision, Explanation, PdpStatus, PolicyD
 
 
 def current_caller() -> Caller:
-    """The caller from the authenticated call context (tenant, principal, SPIFFE ID)."""
-    from mc_common import tenancy
-
+    """The caller from the authenticated call context: the tenant and principal the server's
+    interceptor accepted, and the SPIFFE ID of the immediate caller's verified SVID (empty on
+    a plaintext listener, where policies that need a workload identity deny)."""
     principal = current_principal()
-    # The SPIFFE ID arrives with mTLS ("identity"); until the library exposes it this is empty,
-    # and policies that need a workload identity deny.
-    spiffe = getattr(tenancy, "current_spiffe_id", lambda: None)()
-    return Caller(require_tenant(), str(principal) if principal else "", spiffe or "")
+    return Caller(require_tenant(), str(principal) if principal else "", current_peer() or "")
 
 
 class EdgePolicy:
