@@ -247,6 +247,13 @@ async def test_descriptor_limit_override_replaces_the_rules(serve: Serve) -> Non
     request = RateLimitRequest(domain="edge", descriptors=[alone])
     codes = [(await should_rate_limit(channel, request)).overall_code for _ in range(2)]
     assert codes == [OK, OVER]
+    monthly = RateLimitDescriptor(
+        entries=entries(("path", "/m")),
+        limit=RateLimitDescriptorRateLimitOverride(requests_per_unit=5, unit=RateLimitUnit.MONTH),
+    )
+    reply = await should_rate_limit(channel, RateLimitRequest(domain="edge", descriptors=[monthly]))
+    assert reply.statuses[0].current_limit.unit == RateLimitResponseRateLimitUnit.MONTH
+    assert reply.statuses[0].limit_remaining == 4
 
 
 async def test_ietf_ratelimit_headers(serve: Serve) -> None:

@@ -48,6 +48,8 @@ _UNITS_MS = {
     3_600_000: Unit.HOUR,
     86_400_000: Unit.DAY,
     604_800_000: Unit.WEEK,
+    30 * 86_400_000: Unit.MONTH,  # as an override's MONTH (envoyproxy/ratelimit's 30 days)
+    365 * 86_400_000: Unit.YEAR,
 }
 
 
