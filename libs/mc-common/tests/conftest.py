@@ -23,12 +23,23 @@ from mc_common.signing import KeyRing, PemSigner
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
+def _clone_root(root: Path) -> Path:
+    """The clone `root` belongs to: itself, or for a git worktree the main clone."""
+    dot_git = root / ".git"
+    if dot_git.is_file():  # a worktree: "gitdir: <clone>/.git/worktrees/<name>"
+        gitdir = Path(dot_git.read_text().removeprefix("gitdir:").strip())
+        common = gitdir / "commondir"
+        if common.is_file():
+            return (gitdir / common.read_text().strip()).resolve().parent
+    return root
+
+
 def _shared_dir() -> Path:
-    """`../shared` beside the project root (MC_SHARED_DIR overrides, for clones elsewhere)."""
-    for candidate in (os.environ.get("MC_SHARED_DIR"), REPO_ROOT.parent / "shared", "/work/shared"):
-        if candidate and (Path(candidate) / "fixtures").is_dir():
-            return Path(candidate)
-    return REPO_ROOT.parent / "shared"
+    """`../shared` beside the repository (beside the main clone, for a worktree), or
+    `$MC_SHARED_DIR`: nowhere else."""
+    if configured := os.environ.get("MC_SHARED_DIR"):
+        return Path(configured)
+    return _clone_root(REPO_ROOT).parent / "shared"
 
 
 SIGSTORE_FIXTURES = _shared_dir() / "fixtures" / "sigstore"
@@ -98,10 +109,12 @@ def sigstore_fixtures(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """The shared Sigstore fixture directory, with sigstore's cache/data dirs sandboxed.
 
     sigstore-python writes to the user's cache and data directories even offline, so both
-    XDG variables point into ``tmp_path``. Skips when the shared directory is absent.
+    XDG variables point into ``tmp_path``. Fails (never skips) when the directory is absent.
     """
-    if not SIGSTORE_FIXTURES.is_dir():
-        pytest.skip(f"shared Sigstore fixtures not found at {SIGSTORE_FIXTURES}")
+    assert SIGSTORE_FIXTURES.is_dir(), (
+        f"shared Sigstore fixtures not found at {SIGSTORE_FIXTURES}: clone the shared fixtures "
+        "beside the repository (../shared) or set MC_SHARED_DIR"
+    )
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     return SIGSTORE_FIXTURES

