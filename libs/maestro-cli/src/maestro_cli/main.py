@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from maestro_cli import keys as keys_cli
 from maestro_cli import pql
 from maestro_cli.fleet import Fleet, FleetError, Interrupted, client_identity, read_endpoint
 from maestro_cli.paths import data_dir
@@ -216,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     witness.set_defaults(func=_receipts_witness)
 
     pql.add_commands(commands)
+    keys_cli.add_commands(commands)
     return parser
 
 
