@@ -287,3 +287,58 @@ async def test_any_input_gets_a_typed_answer_and_never_errors(
         region = document.get("resource")
         if not (isinstance(region, dict) and region.get("region") in ("eu-west-1", "eu-central-1")):
             assert not response.decision.allow
+
+
+async def test_explain_execution_reads_recorded_decisions_from_pql(
+    settings_for: Callable[..., EdgePolicySettings],
+    decisions_topic: tuple[str, PqlApp],
+    kafka_bootstrap: str,
+    mc_trust_domain: TestTrustDomain,
+) -> None:
+    topic, pql = decisions_topic
+    # pql believes edge-policy's tenant (it reads decisions for the tenant it explains).
+    pql_settings = pql.settings.model_copy(
+        update={
+            "identity": mc_trust_domain.settings("pql", tenant_callers=["gateway", "edge-policy"])
+        }
+    )
+    pql_server = await start_server(pql_settings, pql.spec())
+    settings = settings_for(
+        kafka_bootstrap=kafka_bootstrap,
+        decisions_topic=topic,
+        pql_address=pql_server.address,
+        identity=mc_trust_domain.settings("edge-policy"),
+    )
+    app = await EdgePolicyApp.create(settings)
+    running = await start_server(settings, app.spec())
+    try:
+        async with mc_trust_domain.channel(running.address, server="edge-policy") as channel:
+            stub = Stub(channel)
+            for region in ("us-east-1", "eu-west-1"):
+                await stub.Evaluate(
+                    svc.EvaluateRequest(
+                        package="mc/residency",
+                        input=struct({"resource": {"region": region}}),
+                        execution_id="exec-9",
+                    ),
+                    metadata=md("acme"),
+                )
+            request = svc.ExplainExecutionRequest(execution_id="exec-9")
+
+            async def both_recorded() -> bool:
+                got = await stub.ExplainExecution(request, metadata=md("acme"))
+                return len(got.decisions) == 2
+
+            await wait_for(both_recorded)
+            explained = await stub.ExplainExecution(request, metadata=md("acme"))
+            denied = next(d for d in explained.decisions if not d.allow)
+            assert denied.rule == "residency.cross_region"
+            assert denied.title == "Request leaves the tenant's residency group"
+            assert denied.remediation.startswith("Run the work in a region")
+            assert denied.from_active_bundle
+            other = await stub.ExplainExecution(request, metadata=md("beta"))
+            assert list(other.decisions) == []  # another tenant sees nothing
+    finally:
+        await running.stop(0)
+        await app.close()
+        await pql_server.stop(0)

@@ -16,6 +16,7 @@ from mc_common.server import ServiceSpec
 from mc_edge_policy.decision_log import DecisionSink, DiscardDecisions, KafkaDecisionLog
 from mc_edge_policy.distribution import BundleDistributor, MultiOriginClient, PollOutcome
 from mc_edge_policy.edge_policy import EdgePolicy
+from mc_edge_policy.history import PqlDecisionHistory
 from mc_edge_policy.keys import load_keyring
 from mc_edge_policy.limits import LimiterUsage
 from mc_edge_policy.metrics import pdp_registry
@@ -38,6 +39,7 @@ class EdgePolicyApp:
     poll_task: asyncio.Task[None] | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     limiter_channel: grpc.aio.Channel | None = None
+    pql_channel: grpc.aio.Channel | None = None
 
     @classmethod
     async def create(cls, settings: EdgePolicySettings) -> EdgePolicyApp:
@@ -78,8 +80,15 @@ class EdgePolicyApp:
                 ttl_s=settings.limits_cache_ttl_s,
                 timeout_s=settings.limits_timeout_s,
             )
-        app = cls(settings, pdp, EdgePolicy(pdp, sink, limits), decision_log)
+        pql_channel = history = None
+        if settings.pql_address:
+            pql_channel = WorkloadIdentity.from_settings(settings.identity).channel(
+                settings.pql_address, server=settings.pql_server
+            )
+            history = PqlDecisionHistory(pql_channel)
+        app = cls(settings, pdp, EdgePolicy(pdp, sink, limits, history), decision_log)
         app.limiter_channel = limiter_channel
+        app.pql_channel = pql_channel
         if settings.origins and settings.tuf_root_file is not None:
             client = MultiOriginClient(
                 settings.origins,
@@ -123,5 +132,6 @@ class EdgePolicyApp:
             await self.poll_task
         if self.decision_log is not None:
             await self.decision_log.stop()
-        if self.limiter_channel is not None:
-            await self.limiter_channel.close(None)
+        for channel in (self.limiter_channel, self.pql_channel):
+            if channel is not None:
+                await channel.close(None)

@@ -8,6 +8,7 @@ from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from mc.policy.v1 import policy_service_pb2 as svc
 from mc_common.errors import InvalidArgument
+from mc_edge_policy.edge_policy import ExplainedDecision
 from mc_edge_policy.pdp import Decision, FiredRule, PdpState, PdpStatus
 
 MAX_INPUT_BYTES = 256 * 1024
@@ -74,6 +75,24 @@ def fired_to_proto(rule: FiredRule) -> svc.FiredRule:
 
 def explanation_input_to_proto(value: dict[str, Any]) -> struct_pb2.Struct:
     return _struct(value)
+
+
+def explained_to_proto(explained: ExplainedDecision) -> svc.ExplainedDecision:
+    recorded = explained.recorded
+    out = svc.ExplainedDecision(
+        decision_id=recorded.decision_id,
+        policy=recorded.policy,
+        rule=recorded.rule,
+        allow=recorded.allow,
+        reason=recorded.reason,
+        remediation=recorded.remediation,
+        bundle_digest=recorded.bundle_digest,
+        title=explained.title,
+        deprecated=explained.deprecated,
+        from_active_bundle=explained.from_active_bundle,
+    )
+    out.decided_at.FromDatetime(recorded.decided_at)
+    return out
 
 
 def status_to_proto(status: PdpStatus) -> svc.GetPolicyStatusResponse:

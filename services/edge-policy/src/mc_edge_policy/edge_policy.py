@@ -3,6 +3,7 @@ and turn an enforced deny into a typed error (RetryInfo when a policy advised a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from mc.common.v1.error_reason_pb2 import ErrorReason
@@ -10,6 +11,7 @@ from mc_common.errors import NotFound, PermissionDenied, ResourceExhausted
 from mc_common.tenancy import current_peer, current_principal, require_tenant
 from mc_edge_policy.decision_log import DecisionSink
 from mc_edge_policy.evaluator import UnknownPackage
+from mc_edge_policy.history import DecisionHistory, NoDecisionHistory, RecordedDecision
 from mc_edge_policy.limits import UsageSource, with_limits
 from mc_edge_policy.pdp import Caller, Decision, Explanation, PdpStatus, PolicyDecisionPoint
 
@@ -30,10 +32,12 @@ class EdgePolicy:
         pdp: PolicyDecisionPoint,
         decisions: DecisionSink,
         limits: UsageSource | None = None,
+        history: DecisionHistory | None = None,
     ) -> None:
         self.pdp = pdp
         self._decisions = decisions
         self._limits = limits
+        self._history = history or NoDecisionHistory()
 
     async def _input(self, caller: Caller, input_document: dict[str, Any]) -> dict[str, Any]:
         if self._limits is None:
@@ -77,8 +81,44 @@ class EdgePolicy:
         await self._decisions.record(explanation.decision)
         return explanation
 
+    async def explain_execution(
+        self, caller: Caller, execution_id: str, page_size: int, page_token: str
+    ) -> tuple[list[ExplainedDecision], str]:
+        """The execution's recorded decisions, with their rules' annotations from the active
+        bundle (the tenant is the caller's: pql never returns another tenant's rows)."""
+        recorded, token = await self._history.for_execution(
+            caller.tenant, execution_id, page_size or 50, page_token
+        )
+        return [self._annotate(d) for d in recorded], token
+
+    def _annotate(self, decision: RecordedDecision) -> ExplainedDecision:
+        active = self.pdp.active
+        annotation: dict[str, Any] = {}
+        if active is not None:
+            policy = active.evaluator.packages.get(decision.policy.replace(".", "/"))
+            if policy is not None:
+                annotation = policy.annotations.get(decision.rule, {})
+        custom = annotation.get("custom")
+        custom = custom if isinstance(custom, dict) else {}
+        return ExplainedDecision(
+            decision,
+            title=str(annotation.get("title", "")),
+            deprecated=str(custom.get("deprecated", "")),
+            from_active_bundle=active is not None and active.digest == decision.bundle_digest,
+        )
+
     def status(self) -> PdpStatus:
         return self.pdp.status()
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainedDecision:
+    """A recorded decision and what the active bundle says about its rule."""
+
+    recorded: RecordedDecision
+    title: str
+    deprecated: str
+    from_active_bundle: bool
 
 
 def _not_found(package: str) -> NotFound:

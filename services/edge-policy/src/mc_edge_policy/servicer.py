@@ -43,6 +43,16 @@ class PolicyServicer(svc_grpc.PolicyServiceServicer):
             input=convert.explanation_input_to_proto(explained.redacted_input),
         )
 
+    async def ExplainExecution(
+        self, request: svc.ExplainExecutionRequest, context: Ctx
+    ) -> svc.ExplainExecutionResponse:
+        explained, token = await self._p.explain_execution(
+            current_caller(), request.execution_id, request.page_size, request.page_token
+        )
+        return svc.ExplainExecutionResponse(
+            decisions=[convert.explained_to_proto(e) for e in explained], next_page_token=token
+        )
+
     async def GetPolicyStatus(
         self, request: svc.GetPolicyStatusRequest, context: Ctx
     ) -> svc.GetPolicyStatusResponse:

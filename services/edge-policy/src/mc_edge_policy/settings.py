@@ -41,6 +41,12 @@ class EdgePolicySettings(ServiceSettings):
     limiter_server: str = Field(
         "limiter", description="The workload the limiter must prove it is (mTLS, ADR 0041)."
     )
+    pql_address: str | None = Field(
+        None, description="host:port of the provenance store, for ExplainExecution."
+    )
+    pql_server: str = Field(
+        "pql", description="The workload the provenance store must prove it is (mTLS)."
+    )
     origins: list[str] = Field(
         default_factory=list,
         description="Base URLs of the distribution origins (CDNs) serving the TUF repository; "

@@ -32,7 +32,7 @@ from mc.common.v1 import options_pb2 as mc_dot_common_dot_v1_dot_options__pb2
 from validate import validate_pb2 as validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!mc/policy/v1/policy_service.proto\x12\x0cmc.policy.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amc/common/v1/options.proto\x1a\x17validate/validate.proto\"\xb0\x01\n\x0f\x45valuateRequest\x12\x44\n\x07package\x18\x01 \x01(\tB3\xfa\x42\x30r.\x10\x01\x18\x80\x02\x32\'^[a-z][a-z0-9_]*([./][a-z][a-z0-9_]*)*$\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1e\n\x0c\x65xecution_id\x18\x03 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x01\x12\x0f\n\x07\x65nforce\x18\x04 \x01(\x08\"<\n\x10\x45valuateResponse\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.mc.policy.v1.Decision\"\x9e\x01\n\x0e\x45xplainRequest\x12\x44\n\x07package\x18\x01 \x01(\tB3\xfa\x42\x30r.\x10\x01\x18\x80\x02\x32\'^[a-z][a-z0-9_]*([./][a-z][a-z0-9_]*)*$\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1e\n\x0c\x65xecution_id\x18\x03 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x01\"\x91\x01\n\x0f\x45xplainResponse\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.mc.policy.v1.Decision\x12,\n\x0b\x66ired_rules\x18\x02 \x03(\x0b\x32\x17.mc.policy.v1.FiredRule\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xbf\x02\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\r\n\x05\x61llow\x18\x03 \x01(\x08\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0bremediation\x18\x06 \x01(\t\x12\x15\n\rbundle_digest\x18\x07 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x08 \x01(\x04\x12\x13\n\x0b\x66\x61il_closed\x18\t \x01(\x08\x12.\n\x0bretry_after\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x08throttle\x18\x0b \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\ndecided_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8b\x01\n\tFiredRule\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x13\n\x0bremediation\x18\x04 \x01(\t\x12\x12\n\ndeprecated\x18\x05 \x01(\t\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x18\n\x16GetPolicyStatusRequest\"\xb3\x01\n\x17GetPolicyStatusResponse\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.mc.policy.v1.PolicyState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\x04\x12/\n\x0b\x66resh_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*u\n\x0bPolicyState\x12\x1c\n\x18POLICY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14POLICY_STATE_SERVING\x10\x01\x12\x16\n\x12POLICY_STATE_STALE\x10\x02\x12\x16\n\x12POLICY_STATE_EMPTY\x10\x03\x32\xe3\x02\n\rPolicyService\x12j\n\x08\x45valuate\x12\x1d.mc.policy.v1.EvaluateRequest\x1a\x1e.mc.policy.v1.EvaluateResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/api/policy/evaluate:\x01*\x12\x66\n\x07\x45xplain\x12\x1c.mc.policy.v1.ExplainRequest\x1a\x1d.mc.policy.v1.ExplainResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/api/policy/explain:\x01*\x12~\n\x0fGetPolicyStatus\x12$.mc.policy.v1.GetPolicyStatusRequest\x1a%.mc.policy.v1.GetPolicyStatusResponse\"\x1e\xc8\xf3\x18\x03\x82\xd3\xe4\x93\x02\x14\x12\x12/api/policy/statusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!mc/policy/v1/policy_service.proto\x12\x0cmc.policy.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amc/common/v1/options.proto\x1a\x17validate/validate.proto\"\xb0\x01\n\x0f\x45valuateRequest\x12\x44\n\x07package\x18\x01 \x01(\tB3\xfa\x42\x30r.\x10\x01\x18\x80\x02\x32\'^[a-z][a-z0-9_]*([./][a-z][a-z0-9_]*)*$\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1e\n\x0c\x65xecution_id\x18\x03 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x01\x12\x0f\n\x07\x65nforce\x18\x04 \x01(\x08\"<\n\x10\x45valuateResponse\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.mc.policy.v1.Decision\"\x9e\x01\n\x0e\x45xplainRequest\x12\x44\n\x07package\x18\x01 \x01(\tB3\xfa\x42\x30r.\x10\x01\x18\x80\x02\x32\'^[a-z][a-z0-9_]*([./][a-z][a-z0-9_]*)*$\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1e\n\x0c\x65xecution_id\x18\x03 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x01\"\x91\x01\n\x0f\x45xplainResponse\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.mc.policy.v1.Decision\x12,\n\x0b\x66ired_rules\x18\x02 \x03(\x0b\x32\x17.mc.policy.v1.FiredRule\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"v\n\x17\x45xplainExecutionRequest\x12 \n\x0c\x65xecution_id\x18\x01 \x01(\tB\n\xfa\x42\x07r\x05\x10\x01\x18\x80\x01\x12\x1b\n\tpage_size\x18\x02 \x01(\rB\x08\xfa\x42\x05*\x03\x18\xf4\x03\x12\x1c\n\npage_token\x18\x03 \x01(\tB\x08\xfa\x42\x05r\x03\x18\x80\x04\"g\n\x18\x45xplainExecutionResponse\x12\x32\n\tdecisions\x18\x01 \x03(\x0b\x32\x1f.mc.policy.v1.ExplainedDecision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x80\x02\n\x11\x45xplainedDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\r\n\x05\x61llow\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0bremediation\x18\x06 \x01(\t\x12\x15\n\rbundle_digest\x18\x07 \x01(\t\x12.\n\ndecided_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05title\x18\t \x01(\t\x12\x12\n\ndeprecated\x18\n \x01(\t\x12\x1a\n\x12\x66rom_active_bundle\x18\x0b \x01(\x08\"\xbf\x02\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06policy\x18\x02 \x01(\t\x12\r\n\x05\x61llow\x18\x03 \x01(\x08\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0bremediation\x18\x06 \x01(\t\x12\x15\n\rbundle_digest\x18\x07 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x08 \x01(\x04\x12\x13\n\x0b\x66\x61il_closed\x18\t \x01(\x08\x12.\n\x0bretry_after\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x08throttle\x18\x0b \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\ndecided_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8b\x01\n\tFiredRule\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x13\n\x0bremediation\x18\x04 \x01(\t\x12\x12\n\ndeprecated\x18\x05 \x01(\t\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x18\n\x16GetPolicyStatusRequest\"\xb3\x01\n\x17GetPolicyStatusResponse\x12(\n\x05state\x18\x01 \x01(\x0e\x32\x19.mc.policy.v1.PolicyState\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x04 \x01(\x04\x12/\n\x0b\x66resh_until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*u\n\x0bPolicyState\x12\x1c\n\x18POLICY_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14POLICY_STATE_SERVING\x10\x01\x12\x16\n\x12POLICY_STATE_STALE\x10\x02\x12\x16\n\x12POLICY_STATE_EMPTY\x10\x03\x32\xe3\x03\n\rPolicyService\x12j\n\x08\x45valuate\x12\x1d.mc.policy.v1.EvaluateRequest\x1a\x1e.mc.policy.v1.EvaluateResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/api/policy/evaluate:\x01*\x12\x66\n\x07\x45xplain\x12\x1c.mc.policy.v1.ExplainRequest\x1a\x1d.mc.policy.v1.ExplainResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/api/policy/explain:\x01*\x12~\n\x10\x45xplainExecution\x12%.mc.policy.v1.ExplainExecutionRequest\x1a&.mc.policy.v1.ExplainExecutionResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/api/policy/explain\x12~\n\x0fGetPolicyStatus\x12$.mc.policy.v1.GetPolicyStatusRequest\x1a%.mc.policy.v1.GetPolicyStatusResponse\"\x1e\xc8\xf3\x18\x03\x82\xd3\xe4\x93\x02\x14\x12\x12/api/policy/statusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,14 +47,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPLAINREQUEST'].fields_by_name['package']._serialized_options = b'\372B0r.\020\001\030\200\0022\'^[a-z][a-z0-9_]*([./][a-z][a-z0-9_]*)*$'
   _globals['_EXPLAINREQUEST'].fields_by_name['execution_id']._loaded_options = None
   _globals['_EXPLAINREQUEST'].fields_by_name['execution_id']._serialized_options = b'\372B\005r\003\030\200\001'
+  _globals['_EXPLAINEXECUTIONREQUEST'].fields_by_name['execution_id']._loaded_options = None
+  _globals['_EXPLAINEXECUTIONREQUEST'].fields_by_name['execution_id']._serialized_options = b'\372B\007r\005\020\001\030\200\001'
+  _globals['_EXPLAINEXECUTIONREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_EXPLAINEXECUTIONREQUEST'].fields_by_name['page_size']._serialized_options = b'\372B\005*\003\030\364\003'
+  _globals['_EXPLAINEXECUTIONREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_EXPLAINEXECUTIONREQUEST'].fields_by_name['page_token']._serialized_options = b'\372B\005r\003\030\200\004'
   _globals['_POLICYSERVICE'].methods_by_name['Evaluate']._loaded_options = None
   _globals['_POLICYSERVICE'].methods_by_name['Evaluate']._serialized_options = b'\202\323\344\223\002\031\"\024/api/policy/evaluate:\001*'
   _globals['_POLICYSERVICE'].methods_by_name['Explain']._loaded_options = None
   _globals['_POLICYSERVICE'].methods_by_name['Explain']._serialized_options = b'\202\323\344\223\002\030\"\023/api/policy/explain:\001*'
+  _globals['_POLICYSERVICE'].methods_by_name['ExplainExecution']._loaded_options = None
+  _globals['_POLICYSERVICE'].methods_by_name['ExplainExecution']._serialized_options = b'\202\323\344\223\002\025\022\023/api/policy/explain'
   _globals['_POLICYSERVICE'].methods_by_name['GetPolicyStatus']._loaded_options = None
   _globals['_POLICYSERVICE'].methods_by_name['GetPolicyStatus']._serialized_options = b'\310\363\030\003\202\323\344\223\002\024\022\022/api/policy/status'
-  _globals['_POLICYSTATE']._serialized_start=1451
-  _globals['_POLICYSTATE']._serialized_end=1568
+  _globals['_POLICYSTATE']._serialized_start=1935
+  _globals['_POLICYSTATE']._serialized_end=2052
   _globals['_EVALUATEREQUEST']._serialized_start=230
   _globals['_EVALUATEREQUEST']._serialized_end=406
   _globals['_EVALUATERESPONSE']._serialized_start=408
@@ -63,14 +71,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPLAINREQUEST']._serialized_end=629
   _globals['_EXPLAINRESPONSE']._serialized_start=632
   _globals['_EXPLAINRESPONSE']._serialized_end=777
-  _globals['_DECISION']._serialized_start=780
-  _globals['_DECISION']._serialized_end=1099
-  _globals['_FIREDRULE']._serialized_start=1102
-  _globals['_FIREDRULE']._serialized_end=1241
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=1243
-  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=1267
-  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_start=1270
-  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_end=1449
-  _globals['_POLICYSERVICE']._serialized_start=1571
-  _globals['_POLICYSERVICE']._serialized_end=1926
+  _globals['_EXPLAINEXECUTIONREQUEST']._serialized_start=779
+  _globals['_EXPLAINEXECUTIONREQUEST']._serialized_end=897
+  _globals['_EXPLAINEXECUTIONRESPONSE']._serialized_start=899
+  _globals['_EXPLAINEXECUTIONRESPONSE']._serialized_end=1002
+  _globals['_EXPLAINEDDECISION']._serialized_start=1005
+  _globals['_EXPLAINEDDECISION']._serialized_end=1261
+  _globals['_DECISION']._serialized_start=1264
+  _globals['_DECISION']._serialized_end=1583
+  _globals['_FIREDRULE']._serialized_start=1586
+  _globals['_FIREDRULE']._serialized_end=1725
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_start=1727
+  _globals['_GETPOLICYSTATUSREQUEST']._serialized_end=1751
+  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_start=1754
+  _globals['_GETPOLICYSTATUSRESPONSE']._serialized_end=1933
+  _globals['_POLICYSERVICE']._serialized_start=2055
+  _globals['_POLICYSERVICE']._serialized_end=2538
 # @@protoc_insertion_point(module_scope)

@@ -183,6 +183,128 @@ class ExplainResponse(_message.Message):
 Global___ExplainResponse: _TypeAlias = ExplainResponse  # noqa: Y015
 
 @_typing.final
+class ExplainExecutionRequest(_message.Message):
+    """ExplainExecutionRequest names the execution whose decisions to explain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    """execution_id is the execution (`executionId` in the REST query)."""
+    page_size: _builtins.int
+    """page_size is the maximum number of decisions to return (1..500, default 50)."""
+    page_token: _builtins.str
+    """page_token is the `next_page_token` of a previous response."""
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainExecutionRequest: _TypeAlias = ExplainExecutionRequest  # noqa: Y015
+
+@_typing.final
+class ExplainExecutionResponse(_message.Message):
+    """ExplainExecutionResponse returns a page of the execution's decisions, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """next_page_token fetches the next page; empty on the last page."""
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExplainedDecision]:
+        """decisions are the recorded decisions with their explanations."""
+
+    def __init__(
+        self,
+        *,
+        decisions: _abc.Iterable[Global___ExplainedDecision] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainExecutionResponse: _TypeAlias = ExplainExecutionResponse  # noqa: Y015
+
+@_typing.final
+class ExplainedDecision(_message.Message):
+    """ExplainedDecision is a recorded decision and what the active bundle says about its rule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    ALLOW_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REMEDIATION_FIELD_NUMBER: _builtins.int
+    BUNDLE_DIGEST_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DEPRECATED_FIELD_NUMBER: _builtins.int
+    FROM_ACTIVE_BUNDLE_FIELD_NUMBER: _builtins.int
+    decision_id: _builtins.str
+    """decision_id identifies the decision."""
+    policy: _builtins.str
+    """policy is the decision package, dotted."""
+    rule: _builtins.str
+    """rule is the rule that decided."""
+    allow: _builtins.bool
+    """allow is the outcome."""
+    reason: _builtins.str
+    """reason is the recorded reason."""
+    remediation: _builtins.str
+    """remediation is the recorded remediation hint."""
+    bundle_digest: _builtins.str
+    """bundle_digest is the digest of the bundle that decided."""
+    title: _builtins.str
+    """title is the rule's METADATA title in the active bundle, if it still has the rule."""
+    deprecated: _builtins.str
+    """deprecated is the rule's migration note in the active bundle, if it is deprecated."""
+    from_active_bundle: _builtins.bool
+    """from_active_bundle is set when the decision was made by the bundle active now."""
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp:
+        """decided_at is when the decision was made."""
+
+    def __init__(
+        self,
+        *,
+        decision_id: _builtins.str = ...,
+        policy: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        allow: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        remediation: _builtins.str = ...,
+        bundle_digest: _builtins.str = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+        title: _builtins.str = ...,
+        deprecated: _builtins.str = ...,
+        from_active_bundle: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "bundle_digest", b"bundle_digest", "decided_at", b"decided_at", "decision_id", b"decision_id", "deprecated", b"deprecated", "from_active_bundle", b"from_active_bundle", "policy", b"policy", "reason", b"reason", "remediation", b"remediation", "rule", b"rule", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainedDecision: _TypeAlias = ExplainedDecision  # noqa: Y015
+
+@_typing.final
 class Decision(_message.Message):
     """Decision is one policy decision."""
 

@@ -53,6 +53,11 @@ class PolicyServiceStub(object):
                 request_serializer=mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.ExplainExecution = channel.unary_unary(
+                '/mc.policy.v1.PolicyService/ExplainExecution',
+                request_serializer=mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainExecutionRequest.SerializeToString,
+                response_deserializer=mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainExecutionResponse.FromString,
+                _registered_method=True)
         self.GetPolicyStatus = channel.unary_unary(
                 '/mc.policy.v1.PolicyService/GetPolicyStatus',
                 request_serializer=mc_dot_policy_dot_v1_dot_policy__service__pb2.GetPolicyStatusRequest.SerializeToString,
@@ -85,6 +90,16 @@ class PolicyServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainExecution(self, request, context):
+        """ExplainExecution returns the policy decisions recorded for an execution (read from the
+        provenance store), each with its rule's title, remediation hint and deprecation note from
+        the active bundle.
+        NOTE: inputs are never recorded, so they are not part of this answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPolicyStatus(self, request, context):
         """GetPolicyStatus reports whether the PDP serves a fresh bundle, is stale (failing closed)
         or has none, and which bundle it holds.
@@ -105,6 +120,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainRequest.FromString,
                     response_serializer=mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainResponse.SerializeToString,
+            ),
+            'ExplainExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainExecution,
+                    request_deserializer=mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainExecutionRequest.FromString,
+                    response_serializer=mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainExecutionResponse.SerializeToString,
             ),
             'GetPolicyStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPolicyStatus,
@@ -173,6 +193,33 @@ class PolicyService(object):
             '/mc.policy.v1.PolicyService/Explain',
             mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainRequest.SerializeToString,
             mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mc.policy.v1.PolicyService/ExplainExecution',
+            mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainExecutionRequest.SerializeToString,
+            mc_dot_policy_dot_v1_dot_policy__service__pb2.ExplainExecutionResponse.FromString,
             options,
             channel_credentials,
             insecure,

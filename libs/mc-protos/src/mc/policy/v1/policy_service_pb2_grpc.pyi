@@ -46,6 +46,12 @@ class PolicyServiceStub:
     """Explain decides like Evaluate and also returns the rules that fired, their remediation
     hints and deprecation notes, and the input the policy saw with secrets redacted.
     """
+    ExplainExecution: _grpc.UnaryUnaryMultiCallable[_policy_service_pb2.ExplainExecutionRequest, _policy_service_pb2.ExplainExecutionResponse]
+    """ExplainExecution returns the policy decisions recorded for an execution (read from the
+    provenance store), each with its rule's title, remediation hint and deprecation note from
+    the active bundle.
+    NOTE: inputs are never recorded, so they are not part of this answer.
+    """
     GetPolicyStatus: _grpc.UnaryUnaryMultiCallable[_policy_service_pb2.GetPolicyStatusRequest, _policy_service_pb2.GetPolicyStatusResponse]
     """GetPolicyStatus reports whether the PDP serves a fresh bundle, is stale (failing closed)
     or has none, and which bundle it holds.
@@ -68,6 +74,12 @@ class PolicyServiceAsyncStub(PolicyServiceStub):
     Explain: _aio.UnaryUnaryMultiCallable[_policy_service_pb2.ExplainRequest, _policy_service_pb2.ExplainResponse]  # type: ignore[assignment]
     """Explain decides like Evaluate and also returns the rules that fired, their remediation
     hints and deprecation notes, and the input the policy saw with secrets redacted.
+    """
+    ExplainExecution: _aio.UnaryUnaryMultiCallable[_policy_service_pb2.ExplainExecutionRequest, _policy_service_pb2.ExplainExecutionResponse]  # type: ignore[assignment]
+    """ExplainExecution returns the policy decisions recorded for an execution (read from the
+    provenance store), each with its rule's title, remediation hint and deprecation note from
+    the active bundle.
+    NOTE: inputs are never recorded, so they are not part of this answer.
     """
     GetPolicyStatus: _aio.UnaryUnaryMultiCallable[_policy_service_pb2.GetPolicyStatusRequest, _policy_service_pb2.GetPolicyStatusResponse]  # type: ignore[assignment]
     """GetPolicyStatus reports whether the PDP serves a fresh bundle, is stale (failing closed)
@@ -100,6 +112,18 @@ class PolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_policy_service_pb2.ExplainResponse, _abc.Awaitable[_policy_service_pb2.ExplainResponse]]:
         """Explain decides like Evaluate and also returns the rules that fired, their remediation
         hints and deprecation notes, and the input the policy saw with secrets redacted.
+        """
+
+    @_abc_1.abstractmethod
+    def ExplainExecution(
+        self,
+        request: _policy_service_pb2.ExplainExecutionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_policy_service_pb2.ExplainExecutionResponse, _abc.Awaitable[_policy_service_pb2.ExplainExecutionResponse]]:
+        """ExplainExecution returns the policy decisions recorded for an execution (read from the
+        provenance store), each with its rule's title, remediation hint and deprecation note from
+        the active bundle.
+        NOTE: inputs are never recorded, so they are not part of this answer.
         """
 
     @_abc_1.abstractmethod
