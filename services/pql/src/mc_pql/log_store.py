@@ -14,6 +14,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from mc_common.receipts.merkle import HASH_SIZE, Node
 
+CACHED_LEVEL = 6
+MAX_CACHED_NODES = 200_000  # ~20 MB at most
+
 
 @dataclass(frozen=True, slots=True)
 class StoredCheckpoint:
@@ -45,6 +48,9 @@ class LogStore:
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self._pool = pool
+        # Full nodes never change once their last leaf is written, and the upper ones are in
+        # every proof: keep those covering >= 2^CACHED_LEVEL leaves (a few per 64 receipts).
+        self._cache: dict[tuple[str, int, int], bytes] = {}
 
     async def size(self, tenant: str) -> int:
         """The number of leaves in the tenant's log (its last sequence number)."""
@@ -58,10 +64,18 @@ class LogStore:
 
     async def nodes(self, tenant: str, wanted: Iterable[Node]) -> dict[Node, bytes]:
         """The hashes of full nodes `wanted` (each stored in the row of its last leaf)."""
-        wanted = list(dict.fromkeys(wanted))
-        if not wanted:
-            return {}
-        sequences = sorted({(index + 1) << level for level, index in wanted})
+        cache = self._cache
+        out: dict[Node, bytes] = {}
+        missing: list[Node] = []
+        for want in dict.fromkeys(wanted):
+            hit = cache.get((tenant, *want))
+            if hit is None:
+                missing.append(want)
+            else:
+                out[want] = hit
+        if not missing:
+            return out
+        sequences = sorted({(index + 1) << level for level, index in missing})
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT sequence, nodes FROM receipt_log "
@@ -69,13 +83,16 @@ class LogStore:
                 (tenant, sequences),
             )
             rows = {int(seq): bytes(nodes) for seq, nodes in await cur.fetchall()}
-        out: dict[Node, bytes] = {}
-        for level, index in wanted:
+        for level, index in missing:
             sequence = (index + 1) << level
             node = rows.get(sequence, b"")[level * HASH_SIZE : (level + 1) * HASH_SIZE]
             if len(node) != HASH_SIZE:
                 raise NodeMissingError(f"log row {sequence} of tenant {tenant!r} is missing")
             out[(level, index)] = node
+            if level >= CACHED_LEVEL:
+                if len(cache) >= MAX_CACHED_NODES:
+                    cache.clear()
+                cache[(tenant, level, index)] = node
         return out
 
     async def leaf_index(self, tenant: str, digest: str) -> int | None:
