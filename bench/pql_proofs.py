@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import random
 import sys
 import time
@@ -73,12 +74,18 @@ async def build(pool: object, n: int) -> float:
     return time.perf_counter() - started
 
 
+CPU_MS: dict[int, float] = {}
+
+
 async def timed(samples: int, call: object) -> list[float]:
+    """Wall-clock latency of each call; this process's CPU per call is kept in CPU_MS."""
     out = []
+    cpu = time.process_time()
     for i in range(samples):
         started = time.perf_counter()
         await call(i)  # type: ignore[operator]
         out.append((time.perf_counter() - started) * 1000)
+    CPU_MS[id(out)] = (time.process_time() - cpu) * 1000 / samples
     return out
 
 
@@ -87,7 +94,8 @@ def line(name: str, latencies: list[float], baseline: list[float] | None = None)
     ratio = ""
     if baseline is not None:
         ratio = f"  (p99 = {p99 / percentile(baseline, 0.99):.1f}x baseline)"
-    return f"  {name:38s} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms{ratio}"
+    cpu = CPU_MS.get(id(latencies), float("nan"))
+    return f"  {name:38s} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  client CPU {cpu:.2f} ms{ratio}"
 
 
 async def run(n: int, samples: int) -> None:
@@ -133,7 +141,7 @@ async def run(n: int, samples: int) -> None:
         await pool.close()
         infra.drop_database(admin, db)
     print(f"pql log proofs at {n:,} receipts of one tenant ({samples} samples each, one client)")
-    print(f"  built with COPY in {build_s:.1f} s")
+    print(f"  built with COPY in {build_s:.1f} s; load average {os.getloadavg()[0]:.2f}")
     print(line("baseline: GetReceipt's primary-key read", base))
     print(line("inclusion proof, current tree", incl, base) + "  (target p99 <= 5 ms)")
     print(line("consistency proof, random sizes", cons, base))

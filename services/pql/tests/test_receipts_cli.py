@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,29 @@ from pql_support import md, record
 from maestro_cli.main import main
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common.server import RunningServer
+from mc_common.testing.identity import TestTrustDomain
 from mc_pql.app import PqlApp
+from mc_pql.settings import PqlSettings
 
 Stub = svc_grpc.ProvenanceServiceStub
+
+
+@pytest.fixture
+def pql_settings(pql_settings: PqlSettings, mc_trust_domain: TestTrustDomain) -> PqlSettings:
+    """Serves as the `pql` workload: the CLI verifies that name, as in production."""
+    return pql_settings.model_copy(update={"identity": mc_trust_domain.settings("pql")})
+
+
+@pytest.fixture
+async def stub(pql_server: RunningServer, mc_trust_domain: TestTrustDomain) -> AsyncIterator[Stub]:
+    async with mc_trust_domain.channel(pql_server.address, server="pql") as channel:
+        yield svc_grpc.ProvenanceServiceStub(channel)
+
+
+@pytest.fixture(autouse=True)
+def cli_as_gateway(monkeypatch: pytest.MonkeyPatch, mc_trust_domain: TestTrustDomain) -> None:
+    for key, value in mc_trust_domain.env("gateway").items():
+        monkeypatch.setenv(key, value)
 
 
 async def maestro(*argv: str) -> int:

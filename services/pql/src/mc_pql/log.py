@@ -58,6 +58,7 @@ class AuditSummary:
     receipts_checked: int
     root_matches: bool
     valid: bool
+    receipts_stored: int
 
 
 AuditEvent = AuditProgress | Failure | AuditSummary
@@ -227,7 +228,16 @@ class ReceiptLog:
                 "the root recomputed from the stored receipts is not the checkpoint's",
                 0,
             )
-        yield AuditSummary(checkpoint, checked, root_matches, valid)
+        stored = await self._store.stored_count(tenant, size)
+        if stored < size:
+            valid = False
+            yield Failure(
+                "RECEIPTS_MISSING",
+                f"{size - stored} of the log's {size} receipts are not stored "
+                "(an audit from 0 names them)",
+                0,
+            )
+        yield AuditSummary(checkpoint, checked, root_matches, valid, stored)
 
 
 def _verify_page(

@@ -61,6 +61,7 @@ def audit_event(event: AuditEvent, origin: str) -> log_pb.AuditLogResponse:
             receipts_checked=summary.receipts_checked,
             root_matches=summary.root_matches,
             valid=summary.valid,
+            receipts_stored=summary.receipts_stored,
         )
     )
 

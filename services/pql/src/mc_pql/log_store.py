@@ -105,6 +105,17 @@ class LogStore:
             row = await cur.fetchone()
         return None if row is None else int(row[0]) - 1
 
+    async def stored_count(self, tenant: str, size: int) -> int:
+        """How many receipt rows of `tenant` have a sequence <= `size` (an index-only count:
+        cheap next to an audit, and it finds rows removed anywhere)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM receipts WHERE tenant = %s AND sequence <= %s",
+                (tenant, size),
+            )
+            row = await cur.fetchone()
+        return 0 if row is None else int(row[0])
+
     async def locate(self, tenant: str, digest: str) -> tuple[int | None, int]:
         """The leaf index of the receipt with `digest` (None if not stored) and the log's size,
         in one round trip."""

@@ -366,6 +366,7 @@ class AuditSummary(_message.Message):
     RECEIPTS_CHECKED_FIELD_NUMBER: _builtins.int
     ROOT_MATCHES_FIELD_NUMBER: _builtins.int
     VALID_FIELD_NUMBER: _builtins.int
+    RECEIPTS_STORED_FIELD_NUMBER: _builtins.int
     receipts_checked: _builtins.int
     """receipts_checked is how many receipts were verified."""
     root_matches: _builtins.bool
@@ -374,6 +375,11 @@ class AuditSummary(_message.Message):
     """
     valid: _builtins.bool
     """valid is true when no failure was found."""
+    receipts_stored: _builtins.int
+    """receipts_stored is how many receipt rows of the tenant are stored at or below the
+    checkpoint's size; fewer than the size means receipts are missing (a `RECEIPTS_MISSING`
+    failure is sent), even outside the audited range.
+    """
     @_builtins.property
     def checkpoint(self) -> Global___Checkpoint:
         """checkpoint is the signed checkpoint the audit verified up to."""
@@ -385,10 +391,11 @@ class AuditSummary(_message.Message):
         receipts_checked: _builtins.int = ...,
         root_matches: _builtins.bool = ...,
         valid: _builtins.bool = ...,
+        receipts_stored: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "receipts_checked", b"receipts_checked", "root_matches", b"root_matches", "valid", b"valid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "receipts_checked", b"receipts_checked", "receipts_stored", b"receipts_stored", "root_matches", b"root_matches", "valid", b"valid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
