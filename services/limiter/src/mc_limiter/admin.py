@@ -12,17 +12,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from mc_common.errors import InvalidArgument, Unavailable
+from mc_common.errors import InvalidArgument, NotFound, Unavailable
 from mc_common.pagetokens import PageTokens
 from mc_limiter.audit import AuditEvent, AuditSink
 from mc_limiter.config_cache import ConfigCache
+from mc_limiter.envoy_config import (
+    RULE_ID_PREFIX,
+    UNITS_MS,
+    DomainConfig,
+    Node,
+    is_declarative,
+    load_config,
+)
 from mc_limiter.planning import Planner
 from mc_limiter.rules import Matcher, Rule, StoredRule, parse_rule
 from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS
-from mc_limiter.store import Change, ChangeKind, ConfigSnapshot, RuleStore
+from mc_limiter.store import Change, ChangeKind, ConfigSnapshot, RuleStore, StoredDomain
 from mc_limiter.throttle import ThrottleLevel
 
 log = logging.getLogger(__name__)
@@ -184,6 +192,9 @@ class Administration:
                     before = snapshot.delete(change.subject)
                 if before is not None:
                     matchers.append(before.rule.match)
+            elif change.kind is ChangeKind.DOMAIN:
+                domain = change.value if isinstance(change.value, StoredDomain) else None
+                matchers.extend(s.rule.match for s in snapshot.set_domain(change.subject, domain))
             elif change.kind is ChangeKind.THROTTLE:
                 assert isinstance(change.value, ThrottleLevel)
                 snapshot.set_throttle(change.subject, change.value)
@@ -208,6 +219,7 @@ class Administration:
         """Create or replace a rule (validated; ``expected_revision`` 0 = must not exist)."""
         _require_actor(actor)
         parsed = rule if isinstance(rule, Rule) else parse_rule(rule)
+        _not_declarative(parsed.id)
         before = self._planner.snapshot.rules.get(parsed.id)
         stored = await _admin(self.store.put_rule(parsed, actor, expected_revision))
         applied = self._apply_own(self.store.last_version, parsed.id, stored)
@@ -261,6 +273,7 @@ class Administration:
         self, rule_id: str, *, actor: str, expected_revision: int | None = None, reason: str = ""
     ) -> None:
         _require_actor(actor)
+        _not_declarative(rule_id)
         before = self._planner.snapshot.rules.get(rule_id)
         await _admin(self.store.delete_rule(rule_id, expected_revision))
         applied = self._apply_own(self.store.last_version, rule_id, None)
@@ -273,6 +286,71 @@ class Administration:
             reason,
         )
         await self._settle(applied)
+
+    # ------------------------------------------------------------ declarative domains
+
+    async def put_domain(
+        self,
+        source: str,
+        *,
+        file_name: str,
+        actor: str,
+        dry_run: bool = False,
+        expected_revision: int | None = None,
+        reason: str = "",
+    ) -> DomainPlan:
+        """Validate a rules file (``envoy_config``; ``ConfigError`` names file, line and
+        reason) and, unless ``dry_run``, store it as its domain's whole configuration.
+        Returns what changes against the stored domain, node by node."""
+        _require_actor(actor)
+        config = load_config(source, file_name)
+        await self._catch_up_quietly()
+        before = self._planner.snapshot.domains.get(config.domain)
+        plan = DomainPlan(
+            config.domain,
+            before.revision if before else 0,
+            diff_domains(before.config if before else None, config),
+            config.rules(),
+        )
+        if dry_run:
+            return plan
+        stored = await _admin(self.store.put_domain(config, actor, expected_revision))
+        await self._audit_event(
+            "limiter.domain.put",
+            actor,
+            config.domain,
+            before.config.source if before else None,
+            config.source,
+            reason,
+        )
+        await self._catch_up_quietly()
+        return replace(plan, revision=stored.revision)
+
+    async def get_domain(self, name: str) -> StoredDomain:
+        stored = await _admin(self.store.get_domain(name))
+        if stored is None:
+            raise NotFound(f"no declarative domain {name!r}")
+        return stored
+
+    async def list_domains(self) -> list[StoredDomain]:
+        await self._catch_up_quietly()
+        domains = self._planner.snapshot.domains
+        return [domains[name] for name in sorted(domains)]
+
+    async def delete_domain(self, name: str, *, actor: str, reason: str = "") -> None:
+        _require_actor(actor)
+        before = self._planner.snapshot.domains.get(name)
+        if not await _admin(self.store.delete_domain(name)):
+            raise NotFound(f"no declarative domain {name!r}")
+        await self._audit_event(
+            "limiter.domain.delete",
+            actor,
+            name,
+            before.config.source if before else None,
+            None,
+            reason,
+        )
+        await self._catch_up_quietly()
 
     async def set_throttle(
         self, tenant: str, level: ThrottleLevel | str, *, actor: str, reason: str = ""
@@ -338,6 +416,81 @@ def _affected(matchers: list[Matcher], tenants: set[str]) -> Callable[[str, str,
         return tenant in tenants or any(test(tenant, token, key) for test in tests)
 
     return affected
+
+
+@dataclass(frozen=True, slots=True)
+class DomainPlan:
+    """What storing a rules file changes: ``changes`` lines (``+``, ``-``, ``~``), the rules
+    its nodes become, and the domain's revision (the stored one on a dry run)."""
+
+    domain: str
+    revision: int
+    changes: list[str]
+    rules: list[Rule]
+
+
+def diff_domains(before: DomainConfig | None, after: DomainConfig) -> list[str]:
+    """Node by node: ``+ path: limit`` added, ``- path`` removed, ``~ path: old -> new``."""
+    old = {n.path: n for n in (_all_nodes(before.root) if before else [])}
+    new = {n.path: n for n in _all_nodes(after.root)}
+    out = []
+    for path, node in new.items():
+        was = old.get(path)
+        if was is None:
+            out.append(f"+ {_path_text(path)}: {_node_text(node)}")
+        elif _node_text(was) != _node_text(node):
+            out.append(f"~ {_path_text(path)}: {_node_text(was)} -> {_node_text(node)}")
+    out += [f"- {_path_text(path)}" for path in old if path not in new]
+    return out
+
+
+def _all_nodes(root: Node) -> list[Node]:
+    out: list[Node] = []
+    stack = list(root.children)
+    while stack:
+        node = stack.pop(0)
+        out.append(node)
+        stack[0:0] = list(node.children)
+    return out
+
+
+def _path_text(path: tuple[tuple[str, str], ...]) -> str:
+    return " > ".join(f"{k}={v}" if v else k for k, v in path)
+
+
+def _node_text(node: Node) -> str:
+    rl = node.rate_limit
+    flags = " shadow" if node.shadow_mode else ""
+    flags += " shared" if node.share_threshold else ""
+    if rl is None:
+        return "no limit" + flags
+    if rl.unlimited:
+        return "unlimited" + flags
+    unit = next((u for u, ms in UNITS_MS.items() if ms == rl.window_ms), f"{rl.window_ms}ms")
+    text = f"{rl.requests_per_unit}/{unit}"
+    if rl.name:
+        text += f" name={rl.name}"
+    if rl.replaces:
+        text += f" replaces={','.join(rl.replaces)}"
+    text += f" {rl.algorithm.value}"
+    if rl.algorithm.value == "sliding_window" and rl.sub_windows != 1:
+        text += f"x{rl.sub_windows}"
+    if rl.burst:
+        text += f" burst={rl.burst}"
+    if rl.multi_region:
+        text += " multi-region"
+    if rl.failure_mode.value != "fail_open" or not rl.local_fallback:
+        text += f" {rl.failure_mode.value}{'' if rl.local_fallback else ' no-fallback'}"
+    return text + flags
+
+
+def _not_declarative(rule_id: str) -> None:
+    if is_declarative(rule_id):
+        raise InvalidArgument.field(
+            "rule_id",
+            f"ids starting with {RULE_ID_PREFIX!r} belong to declarative domains: "
+            "change them with their rules file",
+        )
 
 
 def _require_actor(actor: str) -> None:

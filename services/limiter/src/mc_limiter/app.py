@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
 import grpc
@@ -16,6 +17,7 @@ from mc_common.events.publisher import EventPublisher
 from mc_common.server import ServiceSpec
 from mc_limiter.audit import AuditSink
 from mc_limiter.denials import DenySink
+from mc_limiter.envoy_config import load_paths
 from mc_limiter.envoy_rls import RLS_SERVICE, InvalidPolicy, RateLimitServicer, RlsOptions
 from mc_limiter.fairshare import FairShareDispatcher
 from mc_limiter.limiter import Limiter, LimiterOptions, UnmatchedPolicy
@@ -31,6 +33,8 @@ from mc_limiter.servicer import (
 from mc_limiter.settings import LimiterSettings
 from mc_limiter.sharding import Shard, ShardRouter
 from mc_limiter.sinks import KafkaAuditSink, KafkaDenySink, LogAuditSink
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,6 +112,7 @@ class LimiterApp:
         app = cls(settings, limiter, fairshare, registry, publisher, [fairshare_client])
         try:
             await limiter.start()
+            await apply_rule_files(limiter, settings.rule_files)
         except BaseException:
             await app.close()
             raise
@@ -152,3 +157,19 @@ class LimiterApp:
                 await client.aclose()
         if self.publisher is not None:
             await self.publisher.stop()
+
+
+async def apply_rule_files(limiter: Limiter, paths: list[str]) -> None:
+    """Store each declarative rules file whose domain differs from what is stored (every
+    replica does this at start; unchanged files write nothing)."""
+    for config in load_paths(paths):
+        plan = await limiter.put_domain(
+            config.source, file_name=config.file_name, actor="config:rule-files", dry_run=True
+        )
+        if plan.changes or plan.revision == 0:
+            await limiter.put_domain(
+                config.source, file_name=config.file_name, actor="config:rule-files"
+            )
+            log.info(
+                "applied rules file", extra={"file": config.file_name, "domain": config.domain}
+            )

@@ -8,8 +8,10 @@ from typing import Any, TypeVar
 
 from mc.limiter.v1 import limiter_pb2 as pb
 from mc.limiter.v1 import limiter_service_pb2 as svc
+from mc_limiter.admin import DomainPlan
 from mc_limiter.decisions import UNLIMITED, Decision, LimitResult
 from mc_limiter.rules import Algorithm, FailureMode, Mode, Rule, Sampling, Scope, StoredRule
+from mc_limiter.store import StoredDomain
 from mc_limiter.throttle import ThrottleLevel
 
 UNLIMITED_REMAINING = 2**64 - 1  # `remaining` when no rule applies: nothing limits the caller
@@ -128,6 +130,27 @@ def rule_to_proto(stored: StoredRule) -> pb.Rule:
         updated_by=stored.updated_by,
     )
     return out
+
+
+def domain_to_proto(stored: StoredDomain, *, source: bool) -> svc.DomainConfig:
+    config = stored.config
+    return svc.DomainConfig(
+        domain=config.domain,
+        source=config.source if source else "",
+        file_name=config.file_name,
+        revision=stored.revision,
+        updated_ms=stored.updated_ms,
+        updated_by=stored.updated_by,
+    )
+
+
+def domain_plan(plan: DomainPlan) -> svc.PutDomainConfigResponse:
+    return svc.PutDomainConfigResponse(
+        domain=plan.domain,
+        revision=plan.revision,
+        changes=plan.changes,
+        rules=[rule_to_proto(StoredRule(rule, plan.revision, 0, "")) for rule in plan.rules],
+    )
 
 
 def reset_after_ms(result: LimitResult) -> int:

@@ -33,6 +33,7 @@ from mc_common.errors import FieldViolation, InvalidArgument, MCError
 from mc_limiter.convert import reset_after_ms
 from mc_limiter.decisions import CheckRequest, Decision, LimitResult
 from mc_limiter.descriptors import Invalid, descriptor_check
+from mc_limiter.envoy_config import Fixed, resolve_request
 from mc_limiter.errors import CostExceedsCapacityError
 from mc_limiter.limiter import Limiter
 from mc_limiter.ratelimit_headers import HeaderStyle, Shown, ratelimit_headers
@@ -207,12 +208,20 @@ class RateLimitServicer(rls_grpc.RateLimitServiceServicer):
         answers: list[_Answer | None] = [None] * len(request.descriptors)
         checks: list[CheckRequest] = []
         at: list[int] = []
-        for i, descriptor in enumerate(request.descriptors):
-            mapped = descriptor_check(
-                domain, descriptor, hits, options.tenant_entry, options.token_entry
-            )
+        mapped_all: list[CheckRequest | Invalid | Fixed] = [
+            descriptor_check(domain, descriptor, hits, options.tenant_entry, options.token_entry)
+            for descriptor in request.descriptors
+        ]
+        declarative = self._limiter.declarative(domain)
+        if declarative is not None:  # a rules file's tree decides (envoy_config.py)
+            entries = [[(e.key, e.value) for e in d.entries] for d in request.descriptors]
+            mapped_all = resolve_request(declarative, entries, mapped_all)  # type: ignore[arg-type]
+        for i, mapped in enumerate(mapped_all):
             if isinstance(mapped, Invalid):
                 answers[i] = invalid_answer(policy)
+            elif isinstance(mapped, Fixed):
+                code = Code.OVER_LIMIT if mapped.over_limit else Code.OK
+                answers[i] = _answer(code, None, 0)
             else:
                 checks.append(mapped)
                 at.append(i)

@@ -23,11 +23,12 @@ from redis.asyncio import Redis
 
 from mc_common.errors import MCError, Unavailable
 from mc_common.pagetokens import PageTokens
-from mc_limiter.admin import Administration, RulePage
+from mc_limiter.admin import Administration, DomainPlan, RulePage
 from mc_limiter.audit import AuditEvent, AuditSink, NullAuditSink
 from mc_limiter.config_cache import ConfigCache
 from mc_limiter.decisions import CheckRequest, Decision
 from mc_limiter.denials import DenyAggregator, DenySink
+from mc_limiter.envoy_config import DomainConfig
 from mc_limiter.execution import Executor, unmatched_decision
 from mc_limiter.keys import escape
 from mc_limiter.metrics import LimiterMetrics
@@ -374,6 +375,31 @@ class Limiter:
     ) -> AuditEvent:
         """Set a tenant's throttle level; returns (and emits) the audit record."""
         return await self.admin.set_throttle(tenant, level, actor=actor, reason=reason)
+
+    async def put_domain(
+        self,
+        source: str,
+        *,
+        file_name: str,
+        actor: str,
+        dry_run: bool = False,
+        expected_revision: int | None = None,
+        reason: str = "",
+    ) -> DomainPlan:
+        """Store (or with ``dry_run`` only diff) a declarative rules file (``envoy_config``)."""
+        return await self.admin.put_domain(
+            source,
+            file_name=file_name,
+            actor=actor,
+            dry_run=dry_run,
+            expected_revision=expected_revision,
+            reason=reason,
+        )
+
+    def declarative(self, domain: str) -> DomainConfig | None:
+        """The declarative configuration of an Envoy domain, if one is stored."""
+        stored = self.planner.snapshot.domains.get(domain)
+        return stored.config if stored else None
 
     def throttle_level(self, tenant: str) -> ThrottleLevel:
         return self.planner.snapshot.throttles.get(tenant, ThrottleLevel.NONE)

@@ -145,6 +145,43 @@ class LimiterServicer(svc_grpc.LimiterServiceServicer):
         await self._limiter.set_global_shadow(request.enabled, actor=actor, reason=request.reason)
         return svc.SetGlobalShadowResponse(enabled=self._limiter.global_shadow)
 
+    async def PutDomainConfig(
+        self, request: svc.PutDomainConfigRequest, context: Ctx
+    ) -> svc.PutDomainConfigResponse:
+        actor = str(require_operator())
+        plan = await self._limiter.put_domain(
+            request.source,
+            file_name=request.file_name or "<rules>",
+            actor=actor,
+            dry_run=request.dry_run,
+            expected_revision=request.expected_revision
+            if request.HasField("expected_revision")
+            else None,
+            reason=request.reason,
+        )
+        return convert.domain_plan(plan)
+
+    async def GetDomainConfig(
+        self, request: svc.GetDomainConfigRequest, context: Ctx
+    ) -> svc.GetDomainConfigResponse:
+        stored = await self._limiter.admin.get_domain(request.domain)
+        return svc.GetDomainConfigResponse(config=convert.domain_to_proto(stored, source=True))
+
+    async def ListDomainConfigs(
+        self, request: svc.ListDomainConfigsRequest, context: Ctx
+    ) -> svc.ListDomainConfigsResponse:
+        domains = await self._limiter.admin.list_domains()
+        return svc.ListDomainConfigsResponse(
+            configs=[convert.domain_to_proto(d, source=False) for d in domains]
+        )
+
+    async def DeleteDomainConfig(
+        self, request: svc.DeleteDomainConfigRequest, context: Ctx
+    ) -> svc.DeleteDomainConfigResponse:
+        actor = str(require_operator())
+        await self._limiter.admin.delete_domain(request.domain, actor=actor, reason=request.reason)
+        return svc.DeleteDomainConfigResponse()
+
 
 _SLOT_STATES = {
     TicketState.GRANTED: fs.SLOT_STATE_GRANTED,

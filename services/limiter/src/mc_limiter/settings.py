@@ -79,6 +79,12 @@ class LimiterSettings(ServiceSettings):
     fairshare_timeout_ms: int = Field(
         2_000, ge=1, description="Bound on every fair-share Redis call (then UNAVAILABLE)."
     )
+    rule_files: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Declarative rules files (envoyproxy/ratelimit format) or directories of "
+        "them, comma-separated, applied at start (a mounted ConfigMap); an invalid file fails "
+        "the start.",
+    )
     page_token_keys: list[SecretStr] = Field(
         default_factory=list,
         description="HMAC keys of ListRules page tokens (16+ bytes each): the first signs, all "
@@ -105,7 +111,7 @@ class LimiterSettings(ServiceSettings):
         "RateLimit-Policy, Envoy's X-RateLimit-*, or none.",
     )
 
-    @field_validator("redis_urls", mode="before")
+    @field_validator("redis_urls", "rule_files", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from mc_limiter.envoy_config import ConfigError, DomainConfig, load_config
 from mc_limiter.errors import RevisionMismatchError, RuleNotFoundError
 from mc_limiter.rule_index import RuleIndex
 from mc_limiter.rules import Rule, StoredRule
@@ -109,7 +110,36 @@ return previous
 """
 )
 
+# KEYS: domain hash, domains set, version, changelog. ARGV: domain, source, file name,
+# expected revision (-1: any), updated_ms, updated_by, max. Reply as _PUT_LUA's.
+_PUT_DOMAIN_LUA = (
+    _LOG
+    + r"""
+local cur = tonumber(redis.call('HGET', KEYS[1], 'revision') or '0')
+local exp = tonumber(ARGV[4])
+if exp >= 0 and exp ~= cur then return {-1, cur} end
+local rev = cur + 1
+redis.call('HSET', KEYS[1], 'source', ARGV[2], 'file_name', ARGV[3], 'revision', rev,
+  'updated_ms', ARGV[5], 'updated_by', ARGV[6])
+redis.call('SADD', KEYS[2], ARGV[1])
+return {rev, log('d', ARGV[1])}
+"""
+)
+
+# KEYS: domain hash, domains set, version, changelog. ARGV: domain, max. Reply as _DELETE's.
+_DELETE_DOMAIN_LUA = (
+    _LOG
+    + r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, 0} end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return {0, log('d', ARGV[1])}
+"""
+)
+
 _PUT = LuaScript.of(_PUT_LUA)
+_PUT_DOMAIN = LuaScript.of(_PUT_DOMAIN_LUA)
+_DELETE_DOMAIN = LuaScript.of(_DELETE_DOMAIN_LUA)
 _DELETE = LuaScript.of(_DELETE_LUA)
 _THROTTLE = LuaScript.of(_THROTTLE_LUA)
 _SHADOW = LuaScript.of(_SHADOW_LUA)
@@ -119,6 +149,17 @@ class ChangeKind(StrEnum):
     RULE = "r"
     THROTTLE = "t"
     SHADOW = "s"
+    DOMAIN = "d"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDomain:
+    """A declarative domain as stored: its rules file (``envoy_config``) and revision."""
+
+    config: DomainConfig
+    revision: int
+    updated_ms: int
+    updated_by: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +170,7 @@ class Change:
     version: int
     kind: ChangeKind
     subject: str
-    value: StoredRule | ThrottleLevel | bool | None
+    value: StoredRule | StoredDomain | ThrottleLevel | bool | None
 
 
 class ConfigSnapshot:
@@ -142,6 +183,7 @@ class ConfigSnapshot:
         self.rules: dict[str, StoredRule] = {}
         self.throttles: dict[str, ThrottleLevel] = {}
         self.global_shadow = False
+        self.domains: dict[str, StoredDomain] = {}
         self._index = RuleIndex()
         self._ids: list[str] = []
         self._by_tenant: dict[str, list[str]] = {}
@@ -176,6 +218,24 @@ class ConfigSnapshot:
             if not ids:
                 del self._by_tenant[literal]
         return stored
+
+    def set_domain(self, name: str, stored: StoredDomain | None) -> list[StoredRule]:
+        """Replace a declarative domain (``None``: remove it) and the rules derived from its
+        nodes; returns the rules removed and added (their matchers are what changed)."""
+        changed: list[StoredRule] = []
+        previous = self.domains.pop(name, None)
+        if previous is not None:
+            for rule in previous.config.rules():
+                removed = self.delete(rule.id)
+                if removed is not None:
+                    changed.append(removed)
+        if stored is not None:
+            self.domains[name] = stored
+            for rule in stored.config.rules():
+                derived = StoredRule(rule, stored.revision, stored.updated_ms, stored.updated_by)
+                self.put(derived)
+                changed.append(derived)
+        return changed
 
     def set_throttle(self, tenant: str, level: ThrottleLevel) -> None:
         if level is ThrottleLevel.NONE:
@@ -243,6 +303,8 @@ class RuleStore:
         self._version = f"{base}:version"
         self._changes = f"{base}:changes"
         self._token_key = f"{base}:page-token-key"
+        self._domain_prefix = f"{base}:domain:"
+        self._domains = f"{base}:domains"
         self._max = changelog_max
         # The version made by this store's latest rule write (set before the write returns,
         # so read it right after awaiting the write).
@@ -312,6 +374,45 @@ class RuleStore:
         )
         return bool(previous == b"1")
 
+    async def put_domain(
+        self, config: DomainConfig, actor: str, expected_revision: int | None = None
+    ) -> StoredDomain:
+        """Store a declarative domain's rules file (one write: the whole domain at once)."""
+        now_ms = int(time.time() * 1000)
+        reply = await _PUT_DOMAIN.run(
+            self._r,
+            [self._domain_prefix + config.domain, self._domains, self._version, self._changes],
+            [
+                config.domain,
+                config.source,
+                config.file_name,
+                -1 if expected_revision is None else expected_revision,
+                now_ms,
+                actor,
+                self._max,
+            ],
+        )
+        revision, other = int(reply[0]), int(reply[1])
+        if revision < 0:
+            raise RevisionMismatchError(f"domain:{config.domain}", expected_revision or 0, other)
+        self.last_version = other
+        return StoredDomain(config, revision, now_ms, actor)
+
+    async def get_domain(self, name: str) -> StoredDomain | None:
+        raw: dict[bytes, bytes] = await self._r.hgetall(self._domain_prefix + name)  # type: ignore[assignment]
+        return _decode_domain(name, raw) if raw else None
+
+    async def delete_domain(self, name: str) -> bool:
+        reply = await _DELETE_DOMAIN.run(
+            self._r,
+            [self._domain_prefix + name, self._domains, self._version, self._changes],
+            [name, self._max],
+        )
+        if int(reply[0]) == -2:
+            return False
+        self.last_version = int(reply[1])
+        return True
+
     async def page_token_key(self) -> bytes:
         """The HMAC key of ListRules page tokens that replicas without configured keys share
         (32 random bytes, created by whichever replica asks first)."""
@@ -344,6 +445,8 @@ class RuleStore:
             for _, kind, subject in entries:
                 if kind is ChangeKind.RULE:
                     pipe.hgetall(self._rule_prefix + subject)
+                elif kind is ChangeKind.DOMAIN:
+                    pipe.hgetall(self._domain_prefix + subject)
                 elif kind is ChangeKind.THROTTLE:
                     pipe.hget(self._throttle, subject)
                 else:
@@ -351,9 +454,11 @@ class RuleStore:
             values = await pipe.execute()
         changes = []
         for (v, kind, subject), raw in zip(entries, values, strict=True):
-            value: StoredRule | ThrottleLevel | bool | None
+            value: StoredRule | StoredDomain | ThrottleLevel | bool | None
             if kind is ChangeKind.RULE:
                 value = _decode_or_none(subject, raw) if raw else None
+            elif kind is ChangeKind.DOMAIN:
+                value = _decode_domain(subject, raw) if raw else None
             elif kind is ChangeKind.THROTTLE:
                 value = _level(subject, raw)
             else:
@@ -379,6 +484,13 @@ class RuleStore:
                 await self._load_chunk(snapshot, ids[at : at + LOAD_CHUNK])
             if cursor == 0:
                 break
+        names: set[bytes] = await self._r.smembers(self._domains)  # type: ignore[assignment,misc]
+        for name in sorted(m.decode() for m in names):
+            raw: dict[bytes, bytes] = await self._r.hgetall(self._domain_prefix + name)  # type: ignore[assignment,misc]
+            stored = _decode_domain(name, raw) if raw else None
+            if stored is not None:
+                snapshot.set_domain(name, stored)
+            await asyncio.sleep(0)
         for tenant, level in throttles_raw.items():
             snapshot.set_throttle(tenant.decode(), _level(tenant.decode(), level))
         snapshot.global_shadow = flags.get(b"global_shadow") == b"1"
@@ -399,6 +511,20 @@ class RuleStore:
         # Freezing only moves lists; it costs nothing per object.
         gc.freeze()
         await asyncio.sleep(0)
+
+
+def _decode_domain(name: str, raw: Mapping[bytes, bytes]) -> StoredDomain | None:
+    try:
+        config = load_config(raw[b"source"].decode(), raw.get(b"file_name", b"").decode())
+    except (ConfigError, KeyError, UnicodeDecodeError):
+        log.exception("skipping unreadable domain %s", name)
+        return None
+    return StoredDomain(
+        config,
+        int(raw[b"revision"]),
+        int(raw.get(b"updated_ms", b"0")),
+        raw.get(b"updated_by", b"").decode(),
+    )
 
 
 def _decode_or_none(rule_id: str, raw: Mapping[bytes, bytes]) -> StoredRule | None:

@@ -561,3 +561,257 @@ class SetGlobalShadowResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetGlobalShadowResponse: _TypeAlias = SetGlobalShadowResponse  # noqa: Y015
+
+@_typing.final
+class DomainConfig(_message.Message):
+    """DomainConfig is a declarative domain as stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    UPDATED_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    """domain is the Envoy rate limit domain the file configures."""
+    source: _builtins.str
+    """source is the rules file (empty in listings)."""
+    file_name: _builtins.str
+    """file_name is the name the file was applied from."""
+    revision: _builtins.int
+    """revision increases on every write."""
+    updated_ms: _builtins.int
+    """updated_ms is when it was last written (Unix ms)."""
+    updated_by: _builtins.str
+    """updated_by is the operator who wrote it."""
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+        source: _builtins.str = ...,
+        file_name: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        updated_ms: _builtins.int = ...,
+        updated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "file_name", b"file_name", "revision", b"revision", "source", b"source", "updated_by", b"updated_by", "updated_ms", b"updated_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DomainConfig: _TypeAlias = DomainConfig  # noqa: Y015
+
+@_typing.final
+class PutDomainConfigRequest(_message.Message):
+    """PutDomainConfigRequest carries a rules file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """source is the YAML rules file (envoyproxy/ratelimit's format, with MC's `mc` blocks)."""
+    file_name: _builtins.str
+    """file_name names the file in errors and in the stored record."""
+    dry_run: _builtins.bool
+    """dry_run validates and diffs without storing."""
+    expected_revision: _builtins.int
+    """expected_revision, when set, makes the write conditional: 0 = the domain must not exist,
+    n = the stored file must be at revision n (FAILED_PRECONDITION otherwise).
+    """
+    reason: _builtins.str
+    """reason says why, for the audit trail."""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        file_name: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+        expected_revision: _builtins.int | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "expected_revision", b"expected_revision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision", "dry_run", b"dry_run", "expected_revision", b"expected_revision", "file_name", b"file_name", "reason", b"reason", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_revision: _TypeAlias = _typing.Literal["expected_revision"]  # noqa: Y015
+    _WhichOneofArgType__expected_revision: _TypeAlias = _typing.Literal["_expected_revision", b"_expected_revision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_revision) -> _WhichOneofReturnType__expected_revision | None: ...
+
+Global___PutDomainConfigRequest: _TypeAlias = PutDomainConfigRequest  # noqa: Y015
+
+@_typing.final
+class PutDomainConfigResponse(_message.Message):
+    """PutDomainConfigResponse says what the file changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    """domain is the file's domain."""
+    revision: _builtins.int
+    """revision is the stored revision: the new one, or on a dry run the current one (0: none)."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """changes are node by node differences against the stored file: "+ path: limit" added,
+        "- path" removed, "~ path: old -> new" changed.
+        """
+
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[_limiter_pb2.Rule]:
+        """rules are the MC rules the file's limited nodes become."""
+
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        changes: _abc.Iterable[_builtins.str] | None = ...,
+        rules: _abc.Iterable[_limiter_pb2.Rule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "domain", b"domain", "revision", b"revision", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutDomainConfigResponse: _TypeAlias = PutDomainConfigResponse  # noqa: Y015
+
+@_typing.final
+class GetDomainConfigRequest(_message.Message):
+    """GetDomainConfigRequest names a domain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    """domain is the Envoy rate limit domain."""
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainConfigRequest: _TypeAlias = GetDomainConfigRequest  # noqa: Y015
+
+@_typing.final
+class GetDomainConfigResponse(_message.Message):
+    """GetDomainConfigResponse returns the stored file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def config(self) -> Global___DomainConfig:
+        """config is the stored domain with its source."""
+
+    def __init__(
+        self,
+        *,
+        config: Global___DomainConfig | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDomainConfigResponse: _TypeAlias = GetDomainConfigResponse  # noqa: Y015
+
+@_typing.final
+class ListDomainConfigsRequest(_message.Message):
+    """ListDomainConfigsRequest lists the declarative domains."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDomainConfigsRequest: _TypeAlias = ListDomainConfigsRequest  # noqa: Y015
+
+@_typing.final
+class ListDomainConfigsResponse(_message.Message):
+    """ListDomainConfigsResponse returns the domains, by name, without their sources."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def configs(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainConfig]:
+        """configs are the domains."""
+
+    def __init__(
+        self,
+        *,
+        configs: _abc.Iterable[Global___DomainConfig] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configs", b"configs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDomainConfigsResponse: _TypeAlias = ListDomainConfigsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteDomainConfigRequest(_message.Message):
+    """DeleteDomainConfigRequest names the domain to remove."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    """domain is the Envoy rate limit domain."""
+    reason: _builtins.str
+    """reason says why, for the audit trail."""
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDomainConfigRequest: _TypeAlias = DeleteDomainConfigRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDomainConfigResponse(_message.Message):
+    """DeleteDomainConfigResponse confirms the deletion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDomainConfigResponse: _TypeAlias = DeleteDomainConfigResponse  # noqa: Y015

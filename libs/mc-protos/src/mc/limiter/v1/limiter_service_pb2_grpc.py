@@ -88,6 +88,26 @@ class LimiterServiceStub(object):
                 request_serializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.SetGlobalShadowRequest.SerializeToString,
                 response_deserializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.SetGlobalShadowResponse.FromString,
                 _registered_method=True)
+        self.PutDomainConfig = channel.unary_unary(
+                '/mc.limiter.v1.LimiterService/PutDomainConfig',
+                request_serializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.PutDomainConfigRequest.SerializeToString,
+                response_deserializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.PutDomainConfigResponse.FromString,
+                _registered_method=True)
+        self.GetDomainConfig = channel.unary_unary(
+                '/mc.limiter.v1.LimiterService/GetDomainConfig',
+                request_serializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.GetDomainConfigRequest.SerializeToString,
+                response_deserializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.GetDomainConfigResponse.FromString,
+                _registered_method=True)
+        self.ListDomainConfigs = channel.unary_unary(
+                '/mc.limiter.v1.LimiterService/ListDomainConfigs',
+                request_serializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.ListDomainConfigsRequest.SerializeToString,
+                response_deserializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.ListDomainConfigsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDomainConfig = channel.unary_unary(
+                '/mc.limiter.v1.LimiterService/DeleteDomainConfig',
+                request_serializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.DeleteDomainConfigRequest.SerializeToString,
+                response_deserializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.DeleteDomainConfigResponse.FromString,
+                _registered_method=True)
 
 
 class LimiterServiceServicer(object):
@@ -173,6 +193,41 @@ class LimiterServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutDomainConfig(self, request, context):
+        """PutDomainConfig stores a declarative rules file in envoyproxy/ratelimit's format: one
+        domain's whole descriptor tree, replacing the domain's previous file. With dry_run it only
+        validates and returns what would change. Invalid files are INVALID_ARGUMENT with one
+        field violation per error, its field being `<file>:<line>`.
+        NOTE: this is an operator RPC; it needs an operator principal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDomainConfig(self, request, context):
+        """GetDomainConfig returns a declarative domain's stored rules file.
+        NOTE: this is an operator RPC; it needs an operator principal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDomainConfigs(self, request, context):
+        """ListDomainConfigs lists the declarative domains (without their files).
+        NOTE: this is an operator RPC; it needs an operator principal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDomainConfig(self, request, context):
+        """DeleteDomainConfig removes a declarative domain and the rules its file defined.
+        NOTE: this is an operator RPC; it needs an operator principal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LimiterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +280,26 @@ def add_LimiterServiceServicer_to_server(servicer, server):
                     servicer.SetGlobalShadow,
                     request_deserializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.SetGlobalShadowRequest.FromString,
                     response_serializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.SetGlobalShadowResponse.SerializeToString,
+            ),
+            'PutDomainConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutDomainConfig,
+                    request_deserializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.PutDomainConfigRequest.FromString,
+                    response_serializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.PutDomainConfigResponse.SerializeToString,
+            ),
+            'GetDomainConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDomainConfig,
+                    request_deserializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.GetDomainConfigRequest.FromString,
+                    response_serializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.GetDomainConfigResponse.SerializeToString,
+            ),
+            'ListDomainConfigs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDomainConfigs,
+                    request_deserializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.ListDomainConfigsRequest.FromString,
+                    response_serializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.ListDomainConfigsResponse.SerializeToString,
+            ),
+            'DeleteDomainConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDomainConfig,
+                    request_deserializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.DeleteDomainConfigRequest.FromString,
+                    response_serializer=mc_dot_limiter_dot_v1_dot_limiter__service__pb2.DeleteDomainConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -499,6 +574,114 @@ class LimiterService(object):
             '/mc.limiter.v1.LimiterService/SetGlobalShadow',
             mc_dot_limiter_dot_v1_dot_limiter__service__pb2.SetGlobalShadowRequest.SerializeToString,
             mc_dot_limiter_dot_v1_dot_limiter__service__pb2.SetGlobalShadowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutDomainConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mc.limiter.v1.LimiterService/PutDomainConfig',
+            mc_dot_limiter_dot_v1_dot_limiter__service__pb2.PutDomainConfigRequest.SerializeToString,
+            mc_dot_limiter_dot_v1_dot_limiter__service__pb2.PutDomainConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDomainConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mc.limiter.v1.LimiterService/GetDomainConfig',
+            mc_dot_limiter_dot_v1_dot_limiter__service__pb2.GetDomainConfigRequest.SerializeToString,
+            mc_dot_limiter_dot_v1_dot_limiter__service__pb2.GetDomainConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDomainConfigs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mc.limiter.v1.LimiterService/ListDomainConfigs',
+            mc_dot_limiter_dot_v1_dot_limiter__service__pb2.ListDomainConfigsRequest.SerializeToString,
+            mc_dot_limiter_dot_v1_dot_limiter__service__pb2.ListDomainConfigsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDomainConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mc.limiter.v1.LimiterService/DeleteDomainConfig',
+            mc_dot_limiter_dot_v1_dot_limiter__service__pb2.DeleteDomainConfigRequest.SerializeToString,
+            mc_dot_limiter_dot_v1_dot_limiter__service__pb2.DeleteDomainConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

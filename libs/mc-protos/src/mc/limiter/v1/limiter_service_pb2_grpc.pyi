@@ -71,6 +71,25 @@ class LimiterServiceStub:
     """SetGlobalShadow turns fleet-wide shadow mode on or off.
     NOTE: this is an operator RPC; it needs an operator principal.
     """
+    PutDomainConfig: _grpc.UnaryUnaryMultiCallable[_limiter_service_pb2.PutDomainConfigRequest, _limiter_service_pb2.PutDomainConfigResponse]
+    """PutDomainConfig stores a declarative rules file in envoyproxy/ratelimit's format: one
+    domain's whole descriptor tree, replacing the domain's previous file. With dry_run it only
+    validates and returns what would change. Invalid files are INVALID_ARGUMENT with one
+    field violation per error, its field being `<file>:<line>`.
+    NOTE: this is an operator RPC; it needs an operator principal.
+    """
+    GetDomainConfig: _grpc.UnaryUnaryMultiCallable[_limiter_service_pb2.GetDomainConfigRequest, _limiter_service_pb2.GetDomainConfigResponse]
+    """GetDomainConfig returns a declarative domain's stored rules file.
+    NOTE: this is an operator RPC; it needs an operator principal.
+    """
+    ListDomainConfigs: _grpc.UnaryUnaryMultiCallable[_limiter_service_pb2.ListDomainConfigsRequest, _limiter_service_pb2.ListDomainConfigsResponse]
+    """ListDomainConfigs lists the declarative domains (without their files).
+    NOTE: this is an operator RPC; it needs an operator principal.
+    """
+    DeleteDomainConfig: _grpc.UnaryUnaryMultiCallable[_limiter_service_pb2.DeleteDomainConfigRequest, _limiter_service_pb2.DeleteDomainConfigResponse]
+    """DeleteDomainConfig removes a declarative domain and the rules its file defined.
+    NOTE: this is an operator RPC; it needs an operator principal.
+    """
 
 @_typing.type_check_only
 class LimiterServiceAsyncStub(LimiterServiceStub):
@@ -113,6 +132,25 @@ class LimiterServiceAsyncStub(LimiterServiceStub):
     """
     SetGlobalShadow: _aio.UnaryUnaryMultiCallable[_limiter_service_pb2.SetGlobalShadowRequest, _limiter_service_pb2.SetGlobalShadowResponse]  # type: ignore[assignment]
     """SetGlobalShadow turns fleet-wide shadow mode on or off.
+    NOTE: this is an operator RPC; it needs an operator principal.
+    """
+    PutDomainConfig: _aio.UnaryUnaryMultiCallable[_limiter_service_pb2.PutDomainConfigRequest, _limiter_service_pb2.PutDomainConfigResponse]  # type: ignore[assignment]
+    """PutDomainConfig stores a declarative rules file in envoyproxy/ratelimit's format: one
+    domain's whole descriptor tree, replacing the domain's previous file. With dry_run it only
+    validates and returns what would change. Invalid files are INVALID_ARGUMENT with one
+    field violation per error, its field being `<file>:<line>`.
+    NOTE: this is an operator RPC; it needs an operator principal.
+    """
+    GetDomainConfig: _aio.UnaryUnaryMultiCallable[_limiter_service_pb2.GetDomainConfigRequest, _limiter_service_pb2.GetDomainConfigResponse]  # type: ignore[assignment]
+    """GetDomainConfig returns a declarative domain's stored rules file.
+    NOTE: this is an operator RPC; it needs an operator principal.
+    """
+    ListDomainConfigs: _aio.UnaryUnaryMultiCallable[_limiter_service_pb2.ListDomainConfigsRequest, _limiter_service_pb2.ListDomainConfigsResponse]  # type: ignore[assignment]
+    """ListDomainConfigs lists the declarative domains (without their files).
+    NOTE: this is an operator RPC; it needs an operator principal.
+    """
+    DeleteDomainConfig: _aio.UnaryUnaryMultiCallable[_limiter_service_pb2.DeleteDomainConfigRequest, _limiter_service_pb2.DeleteDomainConfigResponse]  # type: ignore[assignment]
+    """DeleteDomainConfig removes a declarative domain and the rules its file defined.
     NOTE: this is an operator RPC; it needs an operator principal.
     """
 
@@ -214,6 +252,49 @@ class LimiterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_limiter_service_pb2.SetGlobalShadowResponse, _abc.Awaitable[_limiter_service_pb2.SetGlobalShadowResponse]]:
         """SetGlobalShadow turns fleet-wide shadow mode on or off.
+        NOTE: this is an operator RPC; it needs an operator principal.
+        """
+
+    @_abc_1.abstractmethod
+    def PutDomainConfig(
+        self,
+        request: _limiter_service_pb2.PutDomainConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_limiter_service_pb2.PutDomainConfigResponse, _abc.Awaitable[_limiter_service_pb2.PutDomainConfigResponse]]:
+        """PutDomainConfig stores a declarative rules file in envoyproxy/ratelimit's format: one
+        domain's whole descriptor tree, replacing the domain's previous file. With dry_run it only
+        validates and returns what would change. Invalid files are INVALID_ARGUMENT with one
+        field violation per error, its field being `<file>:<line>`.
+        NOTE: this is an operator RPC; it needs an operator principal.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDomainConfig(
+        self,
+        request: _limiter_service_pb2.GetDomainConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_limiter_service_pb2.GetDomainConfigResponse, _abc.Awaitable[_limiter_service_pb2.GetDomainConfigResponse]]:
+        """GetDomainConfig returns a declarative domain's stored rules file.
+        NOTE: this is an operator RPC; it needs an operator principal.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDomainConfigs(
+        self,
+        request: _limiter_service_pb2.ListDomainConfigsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_limiter_service_pb2.ListDomainConfigsResponse, _abc.Awaitable[_limiter_service_pb2.ListDomainConfigsResponse]]:
+        """ListDomainConfigs lists the declarative domains (without their files).
+        NOTE: this is an operator RPC; it needs an operator principal.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteDomainConfig(
+        self,
+        request: _limiter_service_pb2.DeleteDomainConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_limiter_service_pb2.DeleteDomainConfigResponse, _abc.Awaitable[_limiter_service_pb2.DeleteDomainConfigResponse]]:
+        """DeleteDomainConfig removes a declarative domain and the rules its file defined.
         NOTE: this is an operator RPC; it needs an operator principal.
         """
 
