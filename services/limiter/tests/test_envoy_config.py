@@ -303,3 +303,16 @@ def test_any_yaml_structure_is_a_config_or_a_config_error(data: object) -> None:
         load_config(yaml.safe_dump(data), "fuzz.yaml")
     except ConfigError as exc:
         assert exc.violations
+
+
+def test_the_last_good_configuration_keeps_declarative_domains() -> None:
+    from mc_limiter.config_cache import decode, encode
+    from mc_limiter.store import ConfigSnapshot, StoredDomain
+
+    snapshot = ConfigSnapshot()
+    config = load_file(DATA / "basic_config.yaml")
+    snapshot.set_domain(config.domain, StoredDomain(config, 3, 1, "ops"))
+    restored = decode(encode(snapshot))
+    assert restored.domains["test-domain"].revision == 3
+    assert sorted(restored.rules) == sorted(snapshot.rules) == sorted(r.id for r in config.rules())
+    assert restored.rules_for("envoy.test-domain", "", f":{config.rules()[0].id}:k=v")

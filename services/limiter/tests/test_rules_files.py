@@ -27,6 +27,7 @@ from mc.limiter.v1 import limiter_service_pb2 as svc
 from mc.limiter.v1 import limiter_service_pb2_grpc as svc_grpc
 from mc_common.errors import status_details
 from mc_common.server import RunningServer, start_server
+from mc_common.testing.identity import TestTrustDomain
 from mc_limiter.app import LimiterApp
 from mc_limiter.app import apply_rule_files as apply_at_start
 from mc_limiter.settings import LimiterSettings
@@ -63,7 +64,10 @@ descriptors:
 
 @pytest.fixture
 async def server(
-    redis_server_url: str, redis_prefix: str, redis_client: object
+    redis_server_url: str,
+    redis_prefix: str,
+    redis_client: object,
+    mc_trust_domain: TestTrustDomain,
 ) -> AsyncIterator[tuple[LimiterApp, RunningServer]]:
     settings = LimiterSettings(
         redis_urls=[redis_server_url],
@@ -77,6 +81,19 @@ async def server(
     await app.close()
 
 
+TRUST: list[TestTrustDomain] = []  # the session's trust domain, for the helpers below
+
+
+@pytest.fixture(autouse=True)
+def _trust(mc_trust_domain: TestTrustDomain) -> None:
+    TRUST[:] = [mc_trust_domain]
+
+
+def channel(address: str) -> grpc.aio.Channel:
+    """An mTLS channel of the front door (the gateway's SVID)."""
+    return TRUST[0].channel(address)
+
+
 async def should_rate_limit(address: str, *descriptors: list[tuple[str, str]]) -> RateLimitResponse:
     request = RateLimitRequest(
         domain="edge",
@@ -85,8 +102,8 @@ async def should_rate_limit(address: str, *descriptors: list[tuple[str, str]]) -
             for d in descriptors
         ],
     )
-    async with grpc.aio.insecure_channel(address) as channel:
-        raw: bytes = await channel.unary_unary(METHOD)(bytes(request))
+    async with channel(address) as ch:
+        raw: bytes = await ch.unary_unary(METHOD)(bytes(request))
     return RateLimitResponse().parse(raw)
 
 
@@ -104,11 +121,11 @@ async def test_cli_diffs_then_applies_and_envoy_semantics_decide(
     out, again = io.StringIO(), io.StringIO()
 
     def cli() -> list[int]:  # the CLI's blocking client, off this test's event loop
-        with grpc.insecure_channel(running.address) as channel:
+        with TRUST[0].sync_channel(running.address) as sync:
             return [
-                apply_rule_files(channel, [str(rules)], dry_run=True, out=out),
-                apply_rule_files(channel, [str(rules)], out=out),
-                apply_rule_files(channel, [str(rules)], dry_run=True, out=again),
+                apply_rule_files(sync, [str(rules)], dry_run=True, out=out),
+                apply_rule_files(sync, [str(rules)], out=out),
+                apply_rule_files(sync, [str(rules)], dry_run=True, out=again),
             ]
 
     assert await asyncio.to_thread(cli) == [EXIT_REFUSED, EXIT_OK, EXIT_OK]
@@ -138,8 +155,8 @@ async def test_invalid_files_are_refused_with_file_and_line(
     server: tuple[LimiterApp, RunningServer],
 ) -> None:
     _, running = server
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        stub = svc_grpc.LimiterServiceStub(channel)
+    async with channel(running.address) as ch:
+        stub = svc_grpc.LimiterServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.PutDomainConfig(
                 svc.PutDomainConfigRequest(
@@ -185,8 +202,8 @@ async def test_files_applied_at_start_replace_the_domain_and_reach_other_replica
     assert await codes(running.address, [("path", "/api/a")]) == [OK]
     assert await codes(running.address, [("path", "/api/a")]) == [OK]  # no limit any more
     assert len((await app.limiter.list_rules(page_size=100)).rules) == 1
-    async with grpc.aio.insecure_channel(running.address) as channel:
-        stub = svc_grpc.LimiterServiceStub(channel)
+    async with channel(running.address) as ch:
+        stub = svc_grpc.LimiterServiceStub(ch)
         got = await stub.GetDomainConfig(
             svc.GetDomainConfigRequest(domain="edge"), metadata=OPERATOR
         )

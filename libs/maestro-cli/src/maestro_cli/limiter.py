@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import grpc
 
-from maestro_cli.fleet import read_endpoint
+from maestro_cli.fleet import client_identity, read_endpoint
 
 EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 OPERATOR_HEADER = "x-mc-principal"
@@ -54,7 +54,11 @@ def add_commands(commands: Any) -> None:
             default=os.environ.get("MC_LIMITER_ADDRESS"),
             help="limiter address (env MC_LIMITER_ADDRESS; default: the running dev fleet's)",
         )
-        sub.add_argument("--data-dir", default=os.environ.get("MC_DEV_DATA_DIR", "var/dev"))
+        sub.add_argument(
+            "--data-dir",
+            default=os.environ.get("MC_DEV_DATA_DIR", "var/dev"),
+            help="the dev fleet's data directory (for its endpoints and the CLI's identity)",
+        )
         sub.add_argument(
             "--operator",
             default=os.environ.get("MC_OPERATOR", "operator:cli"),
@@ -153,8 +157,13 @@ def _address(args: argparse.Namespace) -> str:
     return str(args.address or read_endpoint(Path(args.data_dir), "limiter") or "127.0.0.1:7302")
 
 
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """mTLS to the limiter with the CLI's SVID (see `client_identity`)."""
+    return client_identity(Path(args.data_dir)).sync_channel(_address(args), server="limiter")
+
+
 def _run(args: argparse.Namespace, dry_run: bool) -> int:
-    with grpc.insecure_channel(_address(args)) as channel:
+    with _channel(args) as channel:
         try:
             return apply_rule_files(
                 channel, args.file, operator=args.operator, reason=args.reason, dry_run=dry_run
@@ -180,7 +189,7 @@ def _list(args: argparse.Namespace) -> int:
     from mc.limiter.v1 import limiter_service_pb2_grpc as svc_grpc
 
     metadata = ((OPERATOR_HEADER, args.operator),)
-    with grpc.insecure_channel(_address(args)) as channel:
+    with _channel(args) as channel:
         stub = svc_grpc.LimiterServiceStub(channel)
         try:
             if not args.file:

@@ -9,7 +9,9 @@ Kubernetes), and reloads from the store as soon as it answers. Without a file (f
 ever, or no path configured) it starts with no rules: checks follow the unmatched policy.
 
 Format: JSON ``{"format": 1, "version", "global_shadow", "throttles": {tenant: level},
-"rules": [{"rule": <rule>, "revision", "updated_ms", "updated_by"}]}``. A file that cannot be
+"rules": [{"rule": <rule>, "revision", "updated_ms", "updated_by"}], "domains": [{"source",
+"file_name", "revision", "updated_ms", "updated_by"}]}`` (declarative domains as their
+rules files; their derived rules are not saved separately). A file that cannot be
 read or parsed is ignored (logged), never fatal.
 """
 
@@ -26,8 +28,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mc_limiter.envoy_config import ConfigError, is_declarative, load_config
 from mc_limiter.rules import Rule, StoredRule
-from mc_limiter.store import ConfigSnapshot
+from mc_limiter.store import ConfigSnapshot, StoredDomain
 from mc_limiter.throttle import ThrottleLevel
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ class _Copy:
     global_shadow: bool
     throttles: dict[str, ThrottleLevel]
     rules: list[StoredRule]
+    domains: list[StoredDomain]
 
     @classmethod
     def of(cls, snapshot: ConfigSnapshot) -> _Copy:
@@ -51,7 +55,9 @@ class _Copy:
             snapshot.version,
             snapshot.global_shadow,
             dict(snapshot.throttles),
-            list(snapshot.rules.values()),
+            # Rules derived from a declarative domain are saved as their domain's file.
+            [s for s in snapshot.rules.values() if not is_declarative(s.rule.id)],
+            list(snapshot.domains.values()),
         )
 
 
@@ -71,6 +77,16 @@ def encode(saved: ConfigSnapshot | _Copy) -> bytes:
             }
             for stored in copy.rules
         ],
+        "domains": [
+            {
+                "source": domain.config.source,
+                "file_name": domain.config.file_name,
+                "revision": domain.revision,
+                "updated_ms": domain.updated_ms,
+                "updated_by": domain.updated_by,
+            }
+            for domain in copy.domains
+        ],
     }
     return json.dumps(data, separators=(",", ":")).encode()
 
@@ -87,6 +103,14 @@ def decode(raw: bytes) -> ConfigSnapshot:
             StoredRule(
                 rule, int(item["revision"]), int(item["updated_ms"]), str(item["updated_by"])
             )
+        )
+    for item in data.get("domains", []):
+        config = load_config(str(item["source"]), str(item["file_name"]))
+        snapshot.set_domain(
+            config.domain,
+            StoredDomain(
+                config, int(item["revision"]), int(item["updated_ms"]), str(item["updated_by"])
+            ),
         )
     for tenant, level in data["throttles"].items():
         snapshot.set_throttle(str(tenant), ThrottleLevel(level))
@@ -134,6 +158,6 @@ class ConfigCache:
             return None
         try:
             return await asyncio.to_thread(decode, raw)
-        except (ValueError, KeyError, TypeError, ValidationError):
+        except (ValueError, KeyError, TypeError, ValidationError, ConfigError):
             log.exception("ignoring an unreadable configuration snapshot %s", self.path)
             return None
