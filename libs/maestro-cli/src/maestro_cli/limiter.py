@@ -22,6 +22,7 @@ from typing import IO, Any
 import grpc
 
 from maestro_cli.fleet import client_identity, read_endpoint
+from maestro_cli.paths import data_dir
 
 EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 OPERATOR_HEADER = "x-mc-principal"
@@ -159,7 +160,8 @@ def _address(args: argparse.Namespace) -> str:
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
     """mTLS to the limiter with the CLI's SVID (see `client_identity`)."""
-    return client_identity(Path(args.data_dir)).sync_channel(_address(args), server="limiter")
+    identity = client_identity(data_dir(args.data_dir))
+    return identity.sync_channel(_address(args), server="limiter")
 
 
 def _run(args: argparse.Namespace, dry_run: bool) -> int:
