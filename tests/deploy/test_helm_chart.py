@@ -113,8 +113,11 @@ def test_component_container_matches_its_service(chart: helm.Chart, name: str) -
         "grpc": expected.grpc_port,
         "metrics": expected.metrics_port,
     }
+    # Probes go to the plaintext health port: the grpc port requires a client certificate.
+    health = expected.grpc_port + 100
+    assert ports["health"] == health
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert main[probe]["grpc"] == {"port": expected.grpc_port}, probe
+        assert main[probe]["grpc"] == {"port": health}, probe
 
     env = env_of(deployment)
     prefix = expected.env_prefix
@@ -123,7 +126,8 @@ def test_component_container_matches_its_service(chart: helm.Chart, name: str) -
     assert env[f"{prefix}METRICS_HOST"] == "0.0.0.0"
     assert env[f"{prefix}METRICS_PORT"] == str(expected.metrics_port)
     assert env[f"{prefix}LOG_LEVEL"] == "INFO"
-    assert all(key.startswith(prefix) for key in env), env
+    assert env[f"{prefix}HEALTH_PORT"] == str(health)
+    assert all(key.startswith((prefix, "MC_IDENTITY_")) for key in env), env
     # Empty defaults are not rendered, so the service's own default applies.
     assert f"{prefix}KAFKA_BOOTSTRAP" not in env
 
@@ -304,3 +308,150 @@ def test_moving_a_secret_env_to_plain_env_works_once_the_secret_is_nulled(
     limiter_env = env_of(of_kind(render(chart, values), "Deployment")["limiter"])
 
     assert limiter_env["MC_LIMITER_REDIS_URLS"] == "redis://r:6379"
+
+
+# --- workload identity (ADR 0044) ----------------------------------------------------------
+
+
+def volumes_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+
+
+def mounts_of(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in container(deployment)["volumeMounts"]}
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_component_gets_its_svid_from_cert_manager_by_default(
+    chart: helm.Chart, name: str
+) -> None:
+    objects = render(chart)
+    deployment = of_kind(objects, "Deployment")[name]
+    env = env_of(deployment)
+    assert env["MC_IDENTITY_TRUST_DOMAIN"] == "mc.local"
+    assert env["MC_IDENTITY_NAMESPACE"] == "mc-system"
+    assert env["MC_IDENTITY_SVID_DIR"] == "/var/run/secrets/mc-identity"
+    assert env["MC_IDENTITY_TENANT_CALLERS"] == "gateway,edge-policy"
+    assert env["MC_IDENTITY_OPERATOR_CALLERS"] == "gateway"
+    assert env["MC_IDENTITY_FRONT_DOOR"] == "gateway"
+    assert "MC_IDENTITY_MODE" not in env  # mTLS, the services' default
+
+    certificate = of_kind(objects, "Certificate")[name]
+    spec = certificate["spec"]
+    assert spec["uris"] == [f"spiffe://mc.local/ns/mc-system/sa/{name}"]
+    assert spec["dnsNames"] == [f"{name}.mc-system.svc"]  # the TLS name clients verify
+    assert set(spec["usages"]) == {"digital signature", "server auth", "client auth"}
+    assert spec["privateKey"] == {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"}
+    assert spec["issuerRef"]["name"] == "mc-spiffe-ca"
+    assert volumes_of(deployment)["mc-identity"]["secret"]["secretName"] == spec["secretName"]
+    mount = mounts_of(deployment)["mc-identity"]
+    assert mount == {
+        "name": "mc-identity",
+        "mountPath": "/var/run/secrets/mc-identity",
+        "readOnly": True,
+    }
+
+
+def test_identity_values_reach_every_component(chart: helm.Chart) -> None:
+    values = {
+        "identity": {
+            "trustDomain": "prod.example",
+            "namespace": "conductor",
+            "tenantCallers": ["gateway", "billing"],
+            "frontDoor": ["gateway", "spiffe://edge.example/ns/envoy/sa/front"],
+            "certManager": {
+                "issuerRef": {"name": "spire-ca", "kind": "Issuer"},
+                "duration": "1h",
+                "renewBefore": "20m",
+            },
+            "trustBundle": {"configMap": "mc-bundle", "key": "bundle.pem"},
+        }
+    }
+    objects = render(chart, values)
+    for name, deployment in of_kind(objects, "Deployment").items():
+        env = env_of(deployment)
+        assert env["MC_IDENTITY_TRUST_DOMAIN"] == "prod.example"
+        assert env["MC_IDENTITY_TENANT_CALLERS"] == "gateway,billing"
+        assert env["MC_IDENTITY_FRONT_DOOR"] == "gateway,spiffe://edge.example/ns/envoy/sa/front"
+        assert env["MC_IDENTITY_BUNDLE_FILE"] == "/var/run/secrets/mc-trust-bundle/bundle.pem"
+        assert volumes_of(deployment)["mc-trust-bundle"]["configMap"]["name"] == "mc-bundle"
+        spec = of_kind(objects, "Certificate")[name]["spec"]
+        assert spec["uris"] == [f"spiffe://prod.example/ns/conductor/sa/{name}"]
+        assert (spec["duration"], spec["renewBefore"]) == ("1h", "20m")
+        assert spec["issuerRef"] == {
+            "name": "spire-ca",
+            "kind": "Issuer",
+            "group": "cert-manager.io",
+        }
+
+
+def test_csi_provider_issues_per_pod_without_certificates(chart: helm.Chart) -> None:
+    objects = render(chart, {"identity": {"provider": "csi"}})
+    assert of_kind(objects, "Certificate") == {}
+    for name, deployment in of_kind(objects, "Deployment").items():
+        csi = volumes_of(deployment)["mc-identity"]["csi"]
+        assert csi["driver"] == "csi.cert-manager.io" and csi["readOnly"] is True
+        attributes = csi["volumeAttributes"]
+        assert attributes["csi.cert-manager.io/uri-sans"] == (
+            f"spiffe://mc.local/ns/mc-system/sa/{name}"
+        )
+        assert attributes["csi.cert-manager.io/dns-names"] == f"{name}.mc-system.svc"
+        assert "mc-identity" in mounts_of(deployment)
+
+
+def test_spire_provider_runs_spiffe_helper_beside_each_component(chart: helm.Chart) -> None:
+    objects = render(chart, {"identity": {"provider": "spire"}})
+    assert of_kind(objects, "Certificate") == {}
+    (config,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    conf = config["data"]["helper.conf"]
+    assert 'cert_dir = "/var/run/secrets/mc-identity"' in conf
+    assert 'svid_bundle_file_name = "svid_bundle.pem"' in conf
+    (entry,) = [o for o in objects if o["kind"] == "ClusterSPIFFEID"]
+    assert entry["spec"]["spiffeIDTemplate"].startswith(
+        "spiffe://{{ .TrustDomain }}/ns/mc-system/sa/"
+    )
+    for deployment in of_kind(objects, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        (helper,) = pod["initContainers"]
+        assert helper["restartPolicy"] == "Always"  # a native sidecar
+        volumes = volumes_of(deployment)
+        assert volumes["spiffe-workload-api"]["csi"]["driver"] == "csi.spiffe.io"
+        assert volumes["mc-identity"]["emptyDir"]["medium"] == "Memory"
+        assert mounts_of(deployment)["mc-identity"]["readOnly"] is True
+    no_entry = render(
+        chart, {"identity": {"provider": "spire", "spire": {"clusterSPIFFEID": {"create": False}}}}
+    )
+    assert not [o for o in no_entry if o["kind"] == "ClusterSPIFFEID"]
+
+
+def test_provider_none_mounts_nothing_but_still_configures(chart: helm.Chart) -> None:
+    objects = render(chart, {"identity": {"provider": "none"}})
+    assert of_kind(objects, "Certificate") == {}
+    for deployment in of_kind(objects, "Deployment").values():
+        assert "mc-identity" not in volumes_of(deployment)
+        assert env_of(deployment)["MC_IDENTITY_SVID_DIR"] == "/var/run/secrets/mc-identity"
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        {"provider": "vault"},
+        {"tenantCallers": ["Not A Name"]},
+        {"certManager": {"issuerRef": {"name": "x", "kind": "Secret"}}},
+        {"mountPath": "relative/path"},
+    ],
+)
+def test_identity_typos_are_rejected_by_the_schema(
+    chart: helm.Chart, identity: dict[str, Any]
+) -> None:
+    with pytest.raises(helm.HelmValuesError, match="identity"):
+        chart.validate_schema({"identity": identity})
+
+
+@pytest.mark.parametrize("provider", ["cert-manager", "csi", "spire", "none"])
+def test_lint_passes_strict_for_every_identity_provider(provider: str) -> None:
+    values = {"identity": {"provider": provider}}
+    report = helm.lint(CHART_DIR, values, strict=True, kube_version="v1.30.0")
+
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= WARNING] == []
