@@ -7,10 +7,11 @@ import os
 import pwd
 import signal
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 
-from fleet_support import DevUp, await_condition, fleet_env, pid_gone
+from fleet_support import MAESTRO, DevUp, await_condition, fleet_env, pid_gone
 
 from maestro_cli.fleet import read_endpoint
 from mc_common.devinfra import EmbeddedPostgres, port_is_free, postgres_reachable
@@ -146,7 +147,12 @@ def test_an_unreachable_configured_server_is_one_line_naming_the_variable(
 
 
 def test_embedded_forces_embedded_servers(tmp_path: Path, pg_admin_dsn: str) -> None:
-    env = {**os.environ, "MC_POSTGRES_DSN": pg_admin_dsn, "MC_REDIS_URL": "redis://unused:1/0"}
+    env = {
+        **os.environ,
+        "MC_POSTGRES_DSN": pg_admin_dsn,
+        "MC_REDIS_URL": "redis://unused:1/0",
+        "MC_IDENTITY_MODE": "plaintext-dev",  # mTLS is tested elsewhere
+    }
     fleet = DevUp(["--embedded", "--data-dir", str(tmp_path)], env)
     try:
         fleet.wait_for("starting embedded Postgres")
@@ -154,6 +160,16 @@ def test_embedded_forces_embedded_servers(tmp_path: Path, pg_admin_dsn: str) -> 
         postgres = fleet.wait_for("postgres ")
         redis = fleet.wait_for("redis ")
         fleet.wait_for("ready:")
+        # A tenant without receipts: said so, with its own exit code.
+        verify = subprocess.run(
+            [*MAESTRO, "receipts", "verify", "--tenant", "nobody-yet", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert verify.returncode == 3, verify.stdout + verify.stderr
+        assert "tenant nobody-yet has no receipts" in verify.stdout
         fleet.process.send_signal(signal.SIGINT)
         assert fleet.finish() == 0, "\n".join(fleet.lines)
     finally:
@@ -185,3 +201,18 @@ def test_embedded_postgres_adds_no_user_and_loosens_nothing_outside_its_director
     assert modes(server.directory.parent) == outside
     assert (owner != 0) == (os.geteuid() == 0)  # as root, it runs as an unprivileged user
     assert not server.directory.exists()
+
+
+def test_an_unreachable_fleet_is_an_error_with_a_hint(tmp_path: Path) -> None:
+    env = {**os.environ, "MC_IDENTITY_MODE": "plaintext-dev"}
+    address = f"127.0.0.1:{infra.free_port()}"
+    verify = subprocess.run(
+        [*MAESTRO, "receipts", "verify", "--tenant", "acme", "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+    assert verify.returncode == 2
+    assert "is the fleet running? Start it with `scripts/dev-up.sh`" in verify.stderr

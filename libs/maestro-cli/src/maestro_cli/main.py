@@ -115,8 +115,20 @@ def _data_dir_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("maestro-cli")
+    except PackageNotFoundError:  # running from a source tree without metadata
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maestro", description="Maestro Conductor CLI.")
+    parser.add_argument(
+        "--version", action="version", version=f"maestro {_version()}", help="print the version"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     dev = commands.add_parser("dev", help="local development fleet").add_subparsers(
@@ -167,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify = receipts.add_parser(
         "verify",
         help="verify a tenant's receipt log: consistency with the last checkpoint seen, then "
-        "an audit of the receipts since (exit 0 intact, 1 broken, 2 cannot ask)",
+        "an audit of the receipts since (exit 0 intact, 1 broken, 2 cannot ask, 3 no receipts)",
     )
-    verify.add_argument("--tenant", required=True)
+    verify.add_argument("--tenant", required=True, help="the tenant whose log to verify")
     pql_options(verify)
     verify.add_argument(
         "--checkpoint",
@@ -187,16 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=_receipts_verify)
 
     keys = receipts.add_parser("keys", help="export the published verification keys (JSON)")
-    keys.add_argument("--tenant", required=True)
-    keys.add_argument("--out", required=True)
+    keys.add_argument("--tenant", required=True, help="the tenant whose keys to export")
+    keys.add_argument("--out", required=True, metavar="FILE", help="JSON file to write")
     pql_options(keys)
     keys.set_defaults(func=_receipts_keys)
 
     export = receipts.add_parser(
         "export", help="export a tenant's receipts, checkpoint and keys for offline verification"
     )
-    export.add_argument("--tenant", required=True)
-    export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--tenant", required=True, help="the tenant whose receipts to export")
+    export.add_argument("--out", required=True, metavar="DIR", help="directory to write")
     pql_options(export)
     export.set_defaults(func=_receipts_export)
 
@@ -204,14 +216,26 @@ def build_parser() -> argparse.ArgumentParser:
         "witness", help="co-sign consistent checkpoints from Kafka; refuse forks"
     )
     witness.add_argument("--key", required=True, help="PEM Ed25519 private key of the witness")
-    witness.add_argument("--name", default="witness.maestro-conductor.dev/w1")
+    witness.add_argument(
+        "--name",
+        default="witness.maestro-conductor.dev/w1",
+        help="the witness's key name in its cosignatures",
+    )
     witness.add_argument("--log-key", required=True, help="the log's C2SP verifier key")
     witness.add_argument(
-        "--bootstrap", default=os.environ.get("MC_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+        "--bootstrap",
+        default=os.environ.get("MC_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        help="Kafka bootstrap servers (env MC_KAFKA_BOOTSTRAP)",
     )
-    witness.add_argument("--topic", default="mc.receipts.checkpoints")
-    witness.add_argument("--cosigned-topic", default="mc.receipts.checkpoints.cosigned")
-    witness.add_argument("--group", default="maestro-witness")
+    witness.add_argument(
+        "--topic", default="mc.receipts.checkpoints", help="topic checkpoints are read from"
+    )
+    witness.add_argument(
+        "--cosigned-topic",
+        default="mc.receipts.checkpoints.cosigned",
+        help="topic cosigned checkpoints are written to",
+    )
+    witness.add_argument("--group", default="maestro-witness", help="Kafka consumer group")
     witness.add_argument("--state", help="state file (default: <data-dir>/witness/state.json)")
     pql_options(witness)
     witness.set_defaults(func=_receipts_witness)

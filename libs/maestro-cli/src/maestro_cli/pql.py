@@ -44,7 +44,12 @@ def add_commands(commands: Any) -> None:
     search = pql.add_parser("search", help="search receipts, decisions and executions")
     _common(search, params=False)
     search.add_argument("q", help="terms: digest:, task:, decision:, package:, execution:, words")
-    search.add_argument("--kind", action="append", choices=["receipt", "decision", "execution"])
+    search.add_argument(
+        "--kind",
+        action="append",
+        choices=["receipt", "decision", "execution"],
+        help="only this kind of result (repeatable; default: all)",
+    )
     search.set_defaults(func=_search)
 
 

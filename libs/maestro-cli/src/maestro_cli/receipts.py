@@ -37,7 +37,7 @@ from mc_common.receipts.merkle import (
 from mc_common.receipts.note import Checkpoint, NoteError, NoteVerifier, open_checkpoint
 from mc_common.signing import KeyRing
 
-EXIT_OK, EXIT_BROKEN, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_BROKEN, EXIT_ERROR, EXIT_NO_RECEIPTS = 0, 1, 2, 3
 
 
 class VerifyError(Exception):
@@ -89,7 +89,8 @@ def _pinned_key(
 
 
 def verify_log(args: argparse.Namespace, address: str) -> int:
-    """`maestro receipts verify --tenant T`: exit 0 consistent, 1 broken, 2 cannot ask."""
+    """`maestro receipts verify --tenant T`: exit 0 consistent, 1 broken, 2 cannot ask, 3 the
+    tenant has no receipts."""
     target = Target(address, args.tenant)
     saved_path = (
         Path(args.checkpoint)
@@ -106,7 +107,7 @@ def verify_log(args: argparse.Namespace, address: str) -> int:
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             print(f"log of {args.tenant} is BROKEN: {details}")
             return EXIT_BROKEN
-        print(f"error: {code.name}: {details}", file=sys.stderr)
+        print(f"error: {code.name}: {details}{hint(code, address)}", file=sys.stderr)
         return EXIT_ERROR
     except VerifyError as exc:
         print(f"log of {args.tenant} is BROKEN: {exc}")
@@ -137,6 +138,9 @@ def _verify(
             )
             return EXIT_ERROR
         check_consistent(stub, target, old, new)
+    if new.size == 0:
+        print(f"tenant {target.tenant} has no receipts: nothing to verify")
+        return EXIT_NO_RECEIPTS
     start = 0 if args.full or old is None else max(0, old.size - 1)
     failures = audit(stub, target, start, new.size)
     if failures:
@@ -153,6 +157,18 @@ def _verify(
         f"{base64.b64encode(new.root).decode()}{since}"
     )
     return EXIT_OK
+
+
+def hint(code: grpc.StatusCode, address: str) -> str:
+    """What to try next after a failed call, as a suffix for the error line."""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return (
+            f"\nhint: nothing answers at {address}: is the fleet running? Start it with "
+            "`scripts/dev-up.sh`, or pass --address (env MC_PQL_ADDRESS)"
+        )
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return "\nhint: the CLI calls with the dev fleet's SVID under --data-dir (or MC_IDENTITY_*)"
+    return ""
 
 
 def check_consistent(
