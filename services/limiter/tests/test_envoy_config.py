@@ -316,3 +316,12 @@ def test_the_last_good_configuration_keeps_declarative_domains() -> None:
     assert restored.domains["test-domain"].revision == 3
     assert sorted(restored.rules) == sorted(snapshot.rules) == sorted(r.id for r in config.rules())
     assert restored.rules_for("envoy.test-domain", "", f":{config.rules()[0].id}:k=v")
+
+
+def test_a_descriptors_own_limit_comes_before_the_tree() -> None:
+    from mc_limiter.rules import Limit
+
+    config = load_file(DATA / "basic_config.yaml")
+    own = Limit(name="override", limit=3, window_ms=1_000, algorithm=Algorithm.SLIDING_WINDOW)
+    check = CheckRequest("envoy.test-domain", "", "test-domain:key2=value2", 1, own)
+    assert resolve_request(config, [[("key2", "value2")]], [check]) == [check]

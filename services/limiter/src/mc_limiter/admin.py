@@ -10,6 +10,7 @@ forgetting only the cached plans they affect (docs/adr/0016-incremental-rule-wri
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -39,6 +40,7 @@ _T = TypeVar("_T")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1_000
 MAX_PAGE_SCAN = 10_000  # rules one page may look at (wildcard-tenant rules not matching)
+MAX_AUDITED_CHANGES = 200  # node changes an audit event lists
 MAX_TARGETED_CHANGES = 64  # beyond this many changes at once, forget every cached plan
 _REFRESH_ERRORS: tuple[type[BaseException], ...] = (Unavailable, *SHARD_UNAVAILABLE_ERRORS)
 
@@ -319,8 +321,8 @@ class Administration:
             "limiter.domain.put",
             actor,
             config.domain,
-            before.config.source if before else None,
-            config.source,
+            _domain_summary(before) if before else None,
+            {**_domain_summary(stored), "changes": plan.changes[:MAX_AUDITED_CHANGES]},
             reason,
         )
         await self._catch_up_quietly()
@@ -346,7 +348,7 @@ class Administration:
             "limiter.domain.delete",
             actor,
             name,
-            before.config.source if before else None,
+            _domain_summary(before) if before else None,
             None,
             reason,
         )
@@ -482,6 +484,17 @@ def _node_text(node: Node) -> str:
     if rl.failure_mode.value != "fail_open" or not rl.local_fallback:
         text += f" {rl.failure_mode.value}{'' if rl.local_fallback else ' no-fallback'}"
     return text + flags
+
+
+def _domain_summary(stored: StoredDomain) -> dict[str, Any]:
+    """What the audit trail records of a rules file: not the file itself (up to 1 MiB), but
+    where it came from, its revision and its digest."""
+    source = stored.config.source.encode("utf-8", "surrogatepass")
+    return {
+        "file": stored.config.file_name,
+        "revision": stored.revision,
+        "sha256": hashlib.sha256(source).hexdigest(),
+    }
 
 
 def _not_declarative(rule_id: str) -> None:

@@ -231,9 +231,10 @@ def resolve_request(
     """Each descriptor of a request in a declarative domain: the check of its limit (the
     mapped check with the resolver's key), ``Fixed`` when it is decided without one (no
     limit, ``unlimited``, replaced by another descriptor's limit, or ``requests_per_unit: 0``
-    which is always over the limit), or its ``Invalid`` as mapped."""
+    which is always over the limit), or its ``Invalid`` as mapped. A descriptor carrying its
+    own limit (Envoy's per-descriptor override) keeps it, before the tree, as upstream."""
     matches = [
-        config.resolve(e) if not isinstance(m, Invalid) else None
+        config.resolve(e) if isinstance(m, CheckRequest) and m.override is None else None
         for e, m in zip(entries, mapped, strict=True)
     ]
     replacing = {
@@ -244,8 +245,8 @@ def resolve_request(
     }
     out: list[CheckRequest | Invalid | Fixed] = []
     for match, check in zip(matches, mapped, strict=True):
-        if isinstance(check, Invalid):
-            out.append(check)
+        if isinstance(check, Invalid) or check.override is not None:
+            out.append(check)  # as upstream, a descriptor's own limit comes before the tree
             continue
         rl = match.node.rate_limit if match is not None else None
         if match is None or rl is None or rl.unlimited or (rl.name and rl.name in replacing):
