@@ -118,6 +118,7 @@ async def run(seconds: float, rounds: int) -> None:
         print(f"  round {i}: plaintext {p.calls_per_s:8,.0f}/s  mTLS {m.calls_per_s:8,.0f}/s  "
               f"= {m.calls_per_s / p.calls_per_s:.0%}")  # fmt: skip
     ratio = statistics.median(m.calls_per_s / p.calls_per_s for p, m in results)
+    totals: dict[str, Throughput] = {}
     for label, pick in (("plaintext", 0), ("mTLS", 1)):
         runs = [r[pick] for r in results]
         merged = Throughput(
@@ -129,7 +130,17 @@ async def run(seconds: float, rounds: int) -> None:
             sum(r.client_cpu_s for r in runs),
         )
         print(f"  {label:9s} {merged.summary()}  {merged.cpu_summary()}")
+        totals[label] = merged
+    # CPU per call hardly moves with other load on the machine, unlike the rates.
+    server_cost = _cpu_per_call(totals["mTLS"], 0) / _cpu_per_call(totals["plaintext"], 0)
+    client_cost = _cpu_per_call(totals["mTLS"], 1) / _cpu_per_call(totals["plaintext"], 1)
+    print(f"  CPU per call, mTLS/plaintext: server {server_cost:.1%}, client {client_cost:.1%}")
     print(f"  median mTLS/plaintext throughput {ratio:.0%}: cost {1 - ratio:.0%} (target <= 15%)")
+
+
+def _cpu_per_call(result: Throughput, side: int) -> float:
+    cpu = result.server_cpu_s if side == 0 else result.client_cpu_s
+    return cpu / max(result.calls, 1)
 
 
 def main() -> None:
