@@ -13,12 +13,12 @@ import getpass
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
+from maestro_cli import paths
 from maestro_cli.fleet import client_identity, read_endpoint
 from mc.gateway.v1 import api_key_service_pb2 as pb
 from mc.gateway.v1 import api_key_service_pb2_grpc as pb_grpc
@@ -57,24 +57,24 @@ def add_commands(commands: Any) -> None:
     )
     create = keys.add_parser("create", help="create a key; prints its secret once")
     _common(create)
-    create.add_argument("--tenant", required=True)
+    create.add_argument("--tenant", required=True, help="the tenant the key belongs to")
     create.add_argument("--principal", required=True, help="kind:name the key acts as")
-    create.add_argument("--display-name", default="")
+    create.add_argument("--display-name", default="", help="a label shown in listings")
     create.set_defaults(func=_exit_code(_create))
     listing = keys.add_parser("list", help="list a tenant's keys (never their secrets)")
     _common(listing)
-    listing.add_argument("--tenant", required=True)
+    listing.add_argument("--tenant", required=True, help="whose keys to list")
     listing.set_defaults(func=_exit_code(_list))
     rotate = keys.add_parser("rotate", help="create a successor; the old key works a while")
     _common(rotate)
-    rotate.add_argument("--tenant", required=True)
-    rotate.add_argument("key_id")
+    rotate.add_argument("--tenant", required=True, help="the tenant the key belongs to")
+    rotate.add_argument("key_id", help="the key to rotate")
     rotate.add_argument("--overlap", type=int, default=0, help="seconds (default: one day)")
     rotate.set_defaults(func=_exit_code(_rotate))
     revoke = keys.add_parser("revoke", help="revoke a key now, on every gateway replica")
     _common(revoke)
-    revoke.add_argument("--tenant", required=True)
-    revoke.add_argument("key_id")
+    revoke.add_argument("--tenant", required=True, help="the tenant the key belongs to")
+    revoke.add_argument("key_id", help="the key to revoke")
     revoke.set_defaults(func=_exit_code(_revoke))
 
 
@@ -84,16 +84,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("MC_GATEWAY_ADDRESS"),
         help="the gateway's gRPC address (env MC_GATEWAY_ADDRESS; default: the dev fleet's)",
     )
-    parser.add_argument("--data-dir", default=os.environ.get("MC_DEV_DATA_DIR", "var/dev"))
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("MC_DEV_DATA_DIR", "var/dev"),
+        help="the dev fleet's directory, relative to the repository root (env MC_DEV_DATA_DIR)",
+    )
     parser.add_argument("--operator", default=None, help="operator name (default: $USER)")
     parser.add_argument("--json", action="store_true", help="print the reply as JSON")
 
 
 def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
-    address = args.address or read_endpoint(Path(args.data_dir), "gateway") or "127.0.0.1:7310"
+    address = (
+        args.address or read_endpoint(paths.data_dir(args.data_dir), "gateway") or "127.0.0.1:7310"
+    )
     operator = args.operator or getpass.getuser()
     metadata = (("x-mc-principal", f"operator:{operator}"),)
-    with client_identity(Path(args.data_dir)).sync_channel(address, server="gateway") as channel:
+    with client_identity(data_dir).sync_channel(address, server="gateway") as channel:
         stub = pb_grpc.ApiKeyServiceStub(channel)
         return getattr(stub, method)(request, metadata=metadata, timeout=30)
 
