@@ -94,9 +94,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
-    address = (
-        args.address or read_endpoint(paths.data_dir(args.data_dir), "gateway") or "127.0.0.1:7310"
-    )
+    data_dir = paths.data_dir(args.data_dir)
+    address = args.address or read_endpoint(data_dir, "gateway") or "127.0.0.1:7310"
     operator = args.operator or getpass.getuser()
     metadata = (("x-mc-principal", f"operator:{operator}"),)
     with client_identity(data_dir).sync_channel(address, server="gateway") as channel:
