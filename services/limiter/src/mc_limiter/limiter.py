@@ -49,6 +49,8 @@ from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS, CircuitBreaker, Shard,
 from mc_limiter.store import RuleStore
 from mc_limiter.throttle import ThrottleLevel
 
+_RESOLVE_SLICE = 128  # check_each yields to the event loop after resolving this many
+
 __all__ = [
     "MAX_ID_LENGTH",
     "MAX_KEY_LENGTH",
@@ -273,6 +275,8 @@ class Limiter:
         resolved: list[Resolved] = []
         at: list[int] = []
         for i, request in enumerate(requests):
+            if i and not i % _RESOLVE_SLICE:
+                await asyncio.sleep(0)  # planning new keys costs: let other calls in between
             try:
                 validate(request)
                 resolved.append(self.planner.resolve(request, unmatched))
