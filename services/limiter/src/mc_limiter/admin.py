@@ -305,7 +305,8 @@ class Administration:
         reason) and, unless ``dry_run``, store it as its domain's whole configuration.
         Returns what changes against the stored domain, node by node."""
         _require_actor(actor)
-        config = load_config(source, file_name)
+        # Parsed in a thread: a file of up to 1 MiB must not hold the event loop.
+        config = await asyncio.to_thread(load_config, source, file_name)
         await self._catch_up_quietly()
         before = self._planner.snapshot.domains.get(config.domain)
         plan = DomainPlan(

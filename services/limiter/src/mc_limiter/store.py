@@ -40,7 +40,8 @@ from mc_limiter.throttle import THROTTLE_FACTORS, ThrottleLevel
 log = logging.getLogger(__name__)
 
 CHANGELOG_MAX = 10_000
-LOAD_CHUNK = 64  # rules fetched and parsed between yields to the event loop on a full load
+LOAD_CHUNK = 128  # rules fetched per round trip on a full load
+DECODE_STEP = 16  # rules parsed between yields to the event loop (a few ms at most)
 
 # Every write bumps the version and records what it changed in the changelog (a sorted set
 # scored by version, member "<version>|<kind>|<subject>", kind r = rule, t = throttle,
@@ -400,7 +401,7 @@ class RuleStore:
 
     async def get_domain(self, name: str) -> StoredDomain | None:
         raw: dict[bytes, bytes] = await self._r.hgetall(self._domain_prefix + name)  # type: ignore[assignment]
-        return _decode_domain(name, raw) if raw else None
+        return await asyncio.to_thread(_decode_domain, name, raw) if raw else None
 
     async def delete_domain(self, name: str) -> bool:
         reply = await _DELETE_DOMAIN.run(
@@ -453,12 +454,15 @@ class RuleStore:
                     pipe.hget(self._flags, "global_shadow")
             values = await pipe.execute()
         changes = []
-        for (v, kind, subject), raw in zip(entries, values, strict=True):
+        for at, ((v, kind, subject), raw) in enumerate(zip(entries, values, strict=True)):
+            if at % DECODE_STEP == DECODE_STEP - 1:
+                await asyncio.sleep(0)
             value: StoredRule | StoredDomain | ThrottleLevel | bool | None
             if kind is ChangeKind.RULE:
                 value = _decode_or_none(subject, raw) if raw else None
             elif kind is ChangeKind.DOMAIN:
-                value = _decode_domain(subject, raw) if raw else None
+                # Parsed in a thread: a file of up to 1 MiB must not hold the event loop.
+                value = await asyncio.to_thread(_decode_domain, subject, raw) if raw else None
             elif kind is ChangeKind.THROTTLE:
                 value = _level(subject, raw)
             else:
@@ -487,7 +491,7 @@ class RuleStore:
         names: set[bytes] = await self._r.smembers(self._domains)  # type: ignore[assignment,misc]
         for name in sorted(m.decode() for m in names):
             raw: dict[bytes, bytes] = await self._r.hgetall(self._domain_prefix + name)  # type: ignore[assignment,misc]
-            stored = _decode_domain(name, raw) if raw else None
+            stored = await asyncio.to_thread(_decode_domain, name, raw) if raw else None
             if stored is not None:
                 snapshot.set_domain(name, stored)
             await asyncio.sleep(0)
@@ -502,10 +506,12 @@ class RuleStore:
             for rule_id in ids:
                 pipe.hgetall(self._rule_prefix + rule_id)
             raws: list[dict[bytes, bytes]] = await pipe.execute()
-        for rule_id, raw in zip(ids, raws, strict=True):
+        for at, (rule_id, raw) in enumerate(zip(ids, raws, strict=True)):
             stored = _decode_or_none(rule_id, raw) if raw else None
             if stored is not None:
                 snapshot.put(stored)
+            if at % DECODE_STEP == DECODE_STEP - 1:
+                await asyncio.sleep(0)  # parsing rules is the costly part: short loop steps
         # The rules live until the next full load: out of the collector's full passes, which
         # would otherwise walk every rule object (pauses of hundreds of ms at 100,000 rules).
         # Freezing only moves lists; it costs nothing per object.
