@@ -325,3 +325,13 @@ def test_a_descriptors_own_limit_comes_before_the_tree() -> None:
     own = Limit(name="override", limit=3, window_ms=1_000, algorithm=Algorithm.SLIDING_WINDOW)
     check = CheckRequest("envoy.test-domain", "", "test-domain:key2=value2", 1, own)
     assert resolve_request(config, [[("key2", "value2")]], [check]) == [check]
+
+
+def test_dev_up_applies_the_rules_directory_when_there_is_one(tmp_path: Path) -> None:
+    from mc_common.manifest import DevContext
+    from mc_limiter.manifest import DEV_RULES_DIR, dev_env
+
+    context = DevContext("postgresql://x", "redis://x", "kafka:9092", tmp_path)
+    assert "RULE_FILES" not in dev_env(context)
+    (tmp_path / DEV_RULES_DIR).mkdir()
+    assert dev_env(context)["RULE_FILES"] == str(tmp_path / DEV_RULES_DIR)
