@@ -4,15 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-export PATH="$HOME/.local/bin:$PATH"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "ruff"
-uv run ruff check .
-uv run ruff format --check .
+scripts/uv run ruff check .
+scripts/uv run ruff format --check .
 
 step "generated code drift (scripts/gen_protos.py --check)"
-uv run python scripts/gen_protos.py --check 2>/dev/null
+scripts/uv run python scripts/gen_protos.py --check 2>/dev/null
 
 step "buf lint"
 node_modules/.bin/buf lint protos
@@ -22,7 +21,7 @@ scripts/buf_breaking.sh
 
 step "mypy (libs and every declared service, strict)"
 # shellcheck disable=SC2046  # one argument per line of output
-uv run mypy libs/mc-common/src libs/maestro-cli/src $(uv run python scripts/services.py src-dirs)
+scripts/uv run mypy libs/mc-common/src libs/maestro-cli/src $(scripts/uv run python scripts/services.py src-dirs)
 
 step "pytest"
-uv run pytest -q "$@"
+scripts/uv run pytest -q "$@"

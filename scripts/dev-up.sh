@@ -3,5 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
-export PATH="$HOME/.local/bin:$PATH"
-exec uv run maestro dev up "$@"
+exec scripts/uv run maestro dev up "$@"
