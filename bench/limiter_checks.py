@@ -119,6 +119,15 @@ def scrape(port: int) -> str:
         return str(reply.read().decode())
 
 
+def sample_sum(text: str, name: str) -> float:
+    """The sum of a metric's samples in an exposition (all label sets)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
+
+
 def exact_log_admits(arrivals: list[float], limit: int, window: float) -> int:
     """How many of `arrivals` an exact sliding log (no approximation) admits."""
     admitted: list[float] = []
@@ -297,10 +306,14 @@ async def run(seconds: float) -> None:
                     check_one, concurrency=32, seconds=seconds, server_cpu=limiter.cpu_seconds
                 ),
             )
+            trips_before = sample_sum(scrape(metrics_port), "mc_rl_breaker_trips_total")
             batch_tp, batch_redis = await measured(
                 lambda: closed_loop(
                     batch_one, concurrency=4, seconds=seconds, server_cpu=limiter.cpu_seconds
                 ),
+            )
+            batch_trips = (
+                sample_sum(scrape(metrics_port), "mc_rl_breaker_trips_total") - trips_before
             )
             # Echo and Check again, alternating in short rounds: machine noise that drifts over
             # a phase then hits both sides of each round's ratio alike.
@@ -366,6 +379,10 @@ async def run(seconds: float) -> None:
         f"(target >= 20,000 decisions/s)"
     )
     print(f"    {batch_tp.cpu_summary()}; {batch_redis}")
+    print(
+        f"    shard breaker trips during CheckBatch: {batch_trips:.0f} (target 0; "
+        "bench/limiter_breaker.py compares with fixed deadlines)"
+    )
     print(f"  {acc}")
 
 
