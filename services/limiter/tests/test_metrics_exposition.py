@@ -30,7 +30,8 @@ async def test_exposition_passes_promtool(
             await stub.PutRule(svc.PutRuleRequest(rule=rule()), metadata=OPERATOR)
             for _ in range(7):  # the rule allows 5 a minute: some are denied
                 await stub.Check(
-                    svc.CheckRequest(tenant="acme", key="executions:start"), metadata=md("acme")
+                    svc.CheckRequest(tenant="acme", key="executions:start", cost=1),
+                    metadata=md("acme"),
                 )
         url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as reply:

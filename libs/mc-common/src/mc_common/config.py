@@ -6,15 +6,17 @@ every Postgres or Kafka user has (a service subclasses the ones it needs).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mc_common.identity.settings import IdentitySettings
 
 if TYPE_CHECKING:
     from mc_common.events.consumer import GroupTimings
+    from mc_common.events.security import KafkaSecurity
 
 
 class ServiceSettings(BaseSettings):
@@ -82,6 +84,22 @@ class KafkaSettings(ServiceSettings):
     kafka_heartbeat_interval_ms: int = Field(
         3_000, ge=100, description="Consumer-group heartbeat interval."
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka transport: TLS (SSL, SASL_SSL) and/or SASL."
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="CA bundle the Kafka brokers' certificates must chain to (else system)."
+    )
+    kafka_ssl_cert_file: Path | None = Field(None, description="Kafka client certificate (mTLS).")
+    kafka_ssl_key_file: Path | None = Field(None, description="Key of the Kafka client cert.")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check the broker's certificate names the host connected to."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism (with SASL_SSL or SASL_PLAINTEXT)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL username.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
 
     def group_timings(self) -> GroupTimings:
         """The consumer-group timings for `EventConsumer(..., timings=...)`."""
@@ -90,4 +108,21 @@ class KafkaSettings(ServiceSettings):
         return GroupTimings(
             session_timeout_ms=self.kafka_session_timeout_ms,
             heartbeat_interval_ms=self.kafka_heartbeat_interval_ms,
+        )
+
+    def kafka_security(self) -> KafkaSecurity:
+        """The Kafka clients' TLS and SASL settings (ValueError when inconsistent)."""
+        from mc_common.events.security import KafkaSecurity
+
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            ca_file=self.kafka_ssl_ca_file,
+            cert_file=self.kafka_ssl_cert_file,
+            key_file=self.kafka_ssl_key_file,
+            check_hostname=self.kafka_ssl_check_hostname,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=(
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            ),
         )

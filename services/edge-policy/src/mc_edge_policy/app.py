@@ -60,6 +60,7 @@ class EdgePolicyApp:
                     settings.kafka_bootstrap,
                     source="mc-edge-policy",
                     write_format=settings.events_write_format,
+                    security=settings.kafka_security(),
                 ),
                 settings.decisions_topic,
                 max_pending=settings.decision_log_max_pending,

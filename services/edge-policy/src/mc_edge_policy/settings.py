@@ -7,10 +7,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from mc_common.config import ServiceSettings
+from mc_common.config import KafkaSettings
 
 
-class EdgePolicySettings(ServiceSettings):
+class EdgePolicySettings(KafkaSettings):
     """Everything the edge policy service (the PDP) reads from its environment."""
 
     model_config = SettingsConfigDict(env_prefix="MC_EDGE_POLICY_", extra="ignore", frozen=True)

@@ -61,6 +61,7 @@ class LimiterApp:
                 settings.kafka_bootstrap,
                 source=f"mc-limiter/{settings.region}",
                 write_format=settings.events_write_format,
+                security=settings.kafka_security(),
             )
             await publisher.start()
             audit = KafkaAuditSink(publisher, settings.audit_topic)

@@ -5,8 +5,8 @@ scopes, hooks, a Python command packer) than Redis spends running a batch of che
 module holds what replaces it where it matters: RESP encoding done once per limit
 (``resp``, ``Packed``), commands packed by hiredis (``HiredisPackedConnection``), and a
 pipelined connection that hands each reply, parsed by hiredis, to a callback
-(``PipelinedConnection``), with ``ClientRoundtrip`` as the same interface over redis-py for
-what it does not speak (TLS, Unix sockets). ``make_client`` builds the redis-py client
+(``PipelinedConnection``, over TCP or TLS), with ``ClientRoundtrip`` as the same interface over
+redis-py for what it does not speak (Unix sockets). ``make_client`` builds the redis-py client
 tuned for the hot path (short timeouts, no retries) that everything else uses.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 
 import hiredis
 from redis.asyncio import Connection, Redis
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
@@ -225,8 +227,9 @@ class PipelinedConnection:
     ``data_received``: no task or future per call, one timer. Calls may be pipelined. A call
     not answered within ``timeout`` fails the connection (every waiting call gets
     ``TimeoutError``: later replies could no longer be matched), as does a lost connection
-    (``ConnectionError``); ``connect()`` opens a new one. Plain TCP only (see
-    ``for_client``); AUTH and SELECT are sent on connect.
+    (``ConnectionError``); ``connect()`` opens a new one. TCP or TLS (``rediss://``, with the
+    CA, client certificate and host name checks of the client's URL); AUTH (ACL user and
+    password) and SELECT are sent on connect.
     """
 
     def __init__(
@@ -240,8 +243,10 @@ class PipelinedConnection:
         timeout: float | None = 0.1,
         connect_timeout: float | None = 0.1,
         work_timeout: float = 0.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._address = (host, port)
+        self._tls = tls
         self._setup: list[tuple[Any, ...]] = []
         if password is not None:
             self._setup.append(("AUTH", username, password) if username else ("AUTH", password))
@@ -255,12 +260,15 @@ class PipelinedConnection:
 
     @classmethod
     def for_client(cls, client: Redis, work_timeout: float = 0.0) -> PipelinedConnection | None:
-        """A connection to the same server as ``client``, if that is plain TCP; a call of
+        """A connection to the same server as ``client``, if that is TCP or TLS; a call of
         ``work`` units gets ``work * work_timeout`` seconds on top of the socket timeout."""
         pool = client.connection_pool
         kwargs = pool.connection_kwargs
-        if pool.connection_class not in (Connection, HiredisPackedConnection):
-            return None  # TLS, a Unix socket, or something else this does not speak
+        tls: ssl.SSLContext | None = None
+        if issubclass(pool.connection_class, SSLConnection):
+            tls = tls_context(kwargs)
+        elif pool.connection_class not in (Connection, HiredisPackedConnection):
+            return None  # a Unix socket, or something else this does not speak
         return cls(
             kwargs.get("host", "localhost"),
             int(kwargs.get("port", 6379)),
@@ -270,6 +278,7 @@ class PipelinedConnection:
             timeout=kwargs.get("socket_timeout"),
             connect_timeout=kwargs.get("socket_connect_timeout"),
             work_timeout=work_timeout,
+            tls=tls,
         )
 
     @property
@@ -308,14 +317,19 @@ class PipelinedConnection:
         resp: _Resp | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, resp = await loop.create_connection(
-                    lambda: _Resp(adaptive=self._work_timeout > 0), *self._address
-                )
+                host, port = self._address
+                protocol = lambda: _Resp(adaptive=self._work_timeout > 0)  # noqa: E731
+                if self._tls is None:
+                    _, resp = await loop.create_connection(protocol, host, port)
+                else:
+                    _, resp = await loop.create_connection(
+                        protocol, host, port, ssl=self._tls, server_hostname=host
+                    )
                 for command in self._setup:
                     future: asyncio.Future[Any] = loop.create_future()
                     resp.send(bytes(hiredis.pack_command(command)), _into(future), None)
                     await future
-        except (OSError, ResponseError) as exc:  # TimeoutError is an OSError
+        except (OSError, ResponseError) as exc:  # TimeoutError and ssl.SSLError are OSErrors
             if resp is not None:
                 resp.close()
             where = f"redis at {self._address[0]}:{self._address[1]}"
@@ -380,11 +394,37 @@ class ClientRoundtrip:
         """The client's owner closes it."""
 
 
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def tls_context(kwargs: dict[str, Any]) -> ssl.SSLContext:
+    """The client TLS context redis-py would use for these ``rediss://`` connection kwargs
+    (``ssl_ca_certs``, ``ssl_ca_path``, ``ssl_ca_data``, ``ssl_certfile``, ``ssl_keyfile``,
+    ``ssl_password``, ``ssl_cert_reqs``, ``ssl_check_hostname``), so the hot path checks the
+    server exactly as the rest of the limiter does."""
+    reqs = kwargs.get("ssl_cert_reqs", "required")
+    mode = _CERT_REQS[reqs.lower()] if isinstance(reqs, str) else ssl.VerifyMode(reqs)
+    context = ssl.create_default_context(
+        cafile=kwargs.get("ssl_ca_certs"),
+        capath=kwargs.get("ssl_ca_path"),
+        cadata=kwargs.get("ssl_ca_data"),
+    )
+    context.check_hostname = bool(kwargs.get("ssl_check_hostname", True)) and (
+        mode != ssl.CERT_NONE
+    )
+    context.verify_mode = mode
+    if kwargs.get("ssl_certfile"):
+        context.load_cert_chain(
+            kwargs["ssl_certfile"], kwargs.get("ssl_keyfile"), kwargs.get("ssl_password")
+        )
+    return context
+
+
 def hot_path_connection(
     client: Redis, work_timeout: float = 0.0
 ) -> PipelinedConnection | ClientRoundtrip:
     """Where a shard's checks go: a ``PipelinedConnection`` to the same server as ``client``
-    when it is plain TCP, else ``client`` itself."""
+    when it is TCP or TLS, else ``client`` itself."""
     return PipelinedConnection.for_client(client, work_timeout) or ClientRoundtrip(client)
 
 

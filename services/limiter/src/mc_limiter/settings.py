@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from mc_common.config import ServiceSettings
+from mc_common.config import KafkaSettings
 from mc_common.pagetokens import PageTokens
 
 
@@ -19,7 +19,7 @@ class PeerRegion(BaseModel):
     key_prefix: str = "mc:rl"
 
 
-class LimiterSettings(ServiceSettings):
+class LimiterSettings(KafkaSettings):
     """Everything the limiter reads from its environment."""
 
     model_config = SettingsConfigDict(env_prefix="MC_LIMITER_", extra="ignore", frozen=True)

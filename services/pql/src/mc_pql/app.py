@@ -93,6 +93,7 @@ class PqlApp:
                 settings.kafka_bootstrap,
                 source="mc-pql",
                 write_format=settings.events_write_format,
+                security=settings.kafka_security(),
             )
             try:
                 await publisher.start()
@@ -142,6 +143,7 @@ class PqlApp:
                 timings=settings.group_timings(),
                 handler=DecisionEventHandler(store, processed),
                 max_attempts=settings.consumer_max_attempts,
+                security=settings.kafka_security(),
             )
             app.consumer_task = asyncio.create_task(app.consumer.run(), name="pql-decisions")
             app.purge_task = asyncio.create_task(

@@ -130,6 +130,7 @@ def start_tansu(
     host: str = "127.0.0.1",
     startup_timeout: float = 15.0,
     binary: str | None = None,
+    advertised: str | None = None,
 ) -> TansuBroker:
     """Start a memory-only Tansu broker and return once it answers Kafka Metadata requests.
 
@@ -142,6 +143,7 @@ def start_tansu(
         host: address to listen on and to advertise.
         startup_timeout: seconds to wait for the broker to answer.
         binary: Tansu executable; see `tansu_binary()` for the default.
+        advertised: `host:port` to advertise instead of the listener (a proxy in front).
 
     Raises:
         InfraError: the binary is missing, or the broker exited or did not answer in time.
@@ -150,7 +152,9 @@ def start_tansu(
     attempts = 1 if port is not None else 3
     last_error = ""
     for _ in range(attempts):
-        broker = _spawn_tansu(executable, host, port if port is not None else free_port(host))
+        broker = _spawn_tansu(
+            executable, host, port if port is not None else free_port(host), advertised
+        )
         deadline = time.monotonic() + startup_timeout
         while time.monotonic() < deadline:
             if not broker.is_running():
@@ -169,7 +173,9 @@ def start_tansu(
     raise InfraError(f"Tansu exited during start-up:\n{last_error}")
 
 
-def _spawn_tansu(executable: str, host: str, port: int) -> TansuBroker:
+def _spawn_tansu(
+    executable: str, host: str, port: int, advertised: str | None = None
+) -> TansuBroker:
     work_dir = Path(tempfile.mkdtemp(prefix="mc-tansu-"))
     url = f"tcp://{host}:{port}"
     with (work_dir / "tansu.log").open("wb") as log_file:
@@ -180,7 +186,7 @@ def _spawn_tansu(executable: str, host: str, port: int) -> TansuBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{advertised}" if advertised else url,
                 # Memory only: nothing survives the process, and nothing touches the disk.
                 "--storage-engine",
                 "memory://tansu/",

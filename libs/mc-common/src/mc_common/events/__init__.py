@@ -64,6 +64,7 @@ from mc_common.events.publisher import (
     PublishedEvent,
     producer_options,
 )
+from mc_common.events.security import KafkaSecurity
 
 __all__ = [
     "CONTENT_TYPE",
@@ -95,6 +96,7 @@ __all__ = [
     "Failure",
     "GroupTimings",
     "Handler",
+    "KafkaSecurity",
     "MalformedEventError",
     "OutgoingEvent",
     "ProcessedEvents",

@@ -45,6 +45,7 @@ from mc_common.events.failures import (
     classify,
 )
 from mc_common.events.publisher import producer_options
+from mc_common.events.security import KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,12 @@ class EventConsumer:
         classify: Callable[[BaseException], Failure] = classify,
         timings: GroupTimings | None = None,
         dead_letter_producer: AIOKafkaProducer | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         if not group_id:
             raise ValueError("group_id must not be empty")
         self._bootstrap_servers = bootstrap_servers
+        self._client_options = (security or KafkaSecurity()).client_options()
         self._topics = [topics] if isinstance(topics, str) else list(topics)
         if not self._topics:
             raise ValueError("at least one topic is required")
@@ -202,6 +205,7 @@ class EventConsumer:
             client_id=self._client_id,
             enable_auto_commit=False,
             **self._consumer_options,
+            **self._client_options,
         )
         consumer.subscribe(self._topics, listener=_Revocations(self))
         owns_producer = self._dead_letter_producer is None
@@ -209,6 +213,7 @@ class EventConsumer:
             bootstrap_servers=self._bootstrap_servers,
             client_id=f"{self._client_id}-dlq",
             **producer_options(),
+            **self._client_options,
         )
         try:
             if owns_producer:

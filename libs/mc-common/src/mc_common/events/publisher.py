@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from mc_common.events.cloudevents import CloudEvent
 from mc_common.events.envelope import build_envelope, envelope_headers
+from mc_common.events.security import KafkaSecurity
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class EventPublisher:
             then does not start or stop it.
         write_format: `cloudevents` (binary content mode, the default) or `envelope` (the
             pre-CloudEvents format, only while old consumers are still deployed).
+        security: TLS and SASL of the connection (`KafkaSecurity`); plaintext by default.
     """
 
     def __init__(
@@ -77,12 +79,14 @@ class EventPublisher:
         request_timeout_ms: int = 30_000,
         producer: AIOKafkaProducer | None = None,
         write_format: Literal["cloudevents", "envelope"] = "cloudevents",
+        security: KafkaSecurity | None = None,
     ) -> None:
         if not source:
             raise ValueError("source must not be empty")
         if write_format not in ("cloudevents", "envelope"):
             raise ValueError(f"write_format must be cloudevents or envelope, not {write_format!r}")
         self._write_format = write_format
+        self._client_options = (security or KafkaSecurity()).client_options()
         self._bootstrap_servers = bootstrap_servers
         self._source = source
         self._client_id = client_id or f"mc-publisher-{source}"
@@ -106,6 +110,7 @@ class EventPublisher:
             client_id=self._client_id,
             request_timeout_ms=self._request_timeout_ms,
             **producer_options(),
+            **self._client_options,
         )
         try:
             await producer.start()
