@@ -64,7 +64,7 @@ def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any
     found = {}
     for obj in objects:
         if obj["kind"] == kind:
-            component = obj["metadata"]["labels"]["app.kubernetes.io/component"]
+            component = obj["metadata"]["labels"].get("app.kubernetes.io/component")
             assert component not in found, f"two {kind}s for {component}"
             found[component] = obj
     return found
@@ -455,3 +455,97 @@ def test_lint_passes_strict_for_every_identity_provider(provider: str) -> None:
 
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= WARNING] == []
+
+
+def ingress_sources(policy: dict[str, Any], port: str | int) -> list[Any] | None:
+    """The `from` list of the rule admitting `port` (None: from anywhere); KeyError if none."""
+    for rule in policy["spec"]["ingress"]:
+        if any(p["port"] == port for p in rule["ports"]):
+            return rule.get("from")
+    raise KeyError(port)
+
+
+def test_ingress_is_denied_by_default_and_admits_only_the_front_door_and_peers(
+    chart: helm.Chart,
+) -> None:
+    objects = render(chart)
+    policies = of_kind(objects, "NetworkPolicy")
+    deny = policies.pop(None)  # the release-wide default deny
+    assert deny["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in deny["spec"]
+    assert deny["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+    assert set(policies) == set(SERVICES)
+
+    def callers(name: str) -> set[str]:
+        sources = ingress_sources(policies[name], "grpc")
+        assert sources is not None, f"{name}'s grpc port is open to anyone"
+        return {s["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for s in sources}
+
+    assert callers("pql") == {"gateway"}
+    assert callers("limiter") == {"gateway", "edge-policy"}
+    # The front door itself takes its grpc and http ports from anywhere by default.
+    assert ingress_sources(policies["gateway"], "grpc") is None
+    assert ingress_sources(policies["gateway"], "http") is None
+    for name in SERVICES:
+        assert ingress_sources(policies[name], "metrics") is None
+
+
+def test_front_door_sources_and_disabling_policies(chart: helm.Chart) -> None:
+    ingress = [{"namespaceSelector": {"matchLabels": {"name": "ingress"}}}]
+    policies = of_kind(
+        render(chart, {"networkPolicy": {"frontDoorFrom": ingress}}), "NetworkPolicy"
+    )
+    assert ingress_sources(policies["gateway"], "http") == ingress
+
+    assert of_kind(render(chart, {"networkPolicy": {"enabled": False}}), "NetworkPolicy") == {}
+
+
+def test_autoscaling_adds_an_hpa_and_leaves_replicas_to_it(chart: helm.Chart) -> None:
+    assert of_kind(render(chart), "HorizontalPodAutoscaler") == {}
+    values = {"components": {"pql": {"autoscaling": {"enabled": True, "maxReplicas": 6}}}}
+    objects = render(chart, values)
+
+    (hpa,) = of_kind(objects, "HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "mc-maestro-conductor-pql"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    deployments = of_kind(objects, "Deployment")
+    assert "replicas" not in deployments["pql"]["spec"]
+    assert deployments["limiter"]["spec"]["replicas"] == 2
+
+
+def test_declarative_limiter_rules_come_from_a_config_map(chart: helm.Chart) -> None:
+    assert of_kind(render(chart), "ConfigMap").get("limiter") is None
+    rules = (
+        "domain: edge\ndescriptors:\n  - key: ip\n"
+        "    rate_limit: {unit: second, requests_per_unit: 5}\n"
+    )
+    values = {"components": {"limiter": {"configFiles": {"files": {"edge.yaml": rules}}}}}
+    objects = render(chart, values)
+
+    config = of_kind(objects, "ConfigMap")["limiter"]
+    assert config["data"] == {"edge.yaml": rules}
+    deployment = of_kind(objects, "Deployment")["limiter"]
+    assert env_of(deployment)["MC_LIMITER_RULE_FILES"] == "/etc/mc-limiter/rules"
+    mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
+    assert mounts["config-files"] == {
+        "name": "config-files",
+        "mountPath": "/etc/mc-limiter/rules",
+        "readOnly": True,
+    }
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config-files"]["configMap"]["name"] == config["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"networkPolicy": {"frontdoor": ["gateway"]}}, "additional properties 'frontdoor'"),
+        ({"default": {"autoscaling": {"maxReplica": 3}}}, "additional properties 'maxReplica'"),
+        ({"components": {"pql": {"configFiles": {"file": {}}}}}, "additional properties 'file'"),
+    ],
+    ids=["network-policy", "autoscaling", "config-files"],
+)
+def test_new_sections_reject_unknown_keys(
+    chart: helm.Chart, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmValuesError, match=re.escape(message)):
+        chart.validate_schema(values)
