@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import re
@@ -157,8 +158,16 @@ class Ticker:
         self.worst_wall = 0.0
         self.worst_cpu = 0.0
         self.worst_step = 0.0
+        self.worst_gc = 0.0
+        self._gc_started = 0.0
         self._task: asyncio.Task[None] | None = None
         self._original = asyncio.events.Handle._run
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.process_time()
+        elif info.get("generation") == 2:
+            self.worst_gc = max(self.worst_gc, (time.process_time() - self._gc_started) * 1000)
 
     def _watch_steps(self) -> None:
         original = self._original
@@ -180,18 +189,21 @@ class Ticker:
             self.worst_cpu = max(self.worst_cpu, (time.process_time() - cpu) * 1000)
 
     async def measure(self, work: Callable[[], Awaitable[Any]]) -> str:
-        self.worst_wall = self.worst_cpu = self.worst_step = 0.0
+        self.worst_wall = self.worst_cpu = self.worst_step = self.worst_gc = 0.0
         self._task = asyncio.create_task(self._run())
         await asyncio.sleep(0.01)
         self._watch_steps()
+        gc.callbacks.append(self._gc)
         try:
             await work()
         finally:
+            gc.callbacks.remove(self._gc)
             asyncio.events.Handle._run = self._original  # type: ignore[method-assign]
             self._task.cancel()
         return (
-            f"longest step {self.worst_step:.1f} ms CPU; between ticks {self.worst_cpu:.1f} ms "
-            f"CPU ({self.worst_wall:.1f} ms wall)"
+            f"longest step {self.worst_step:.1f} ms CPU (longest full GC pass "
+            f"{self.worst_gc:.1f}); between ticks {self.worst_cpu:.1f} ms CPU "
+            f"({self.worst_wall:.1f} ms wall)"
         )
 
 
