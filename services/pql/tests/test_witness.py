@@ -15,7 +15,7 @@ from pql_support import md, record
 from maestro_cli.witness import Witness, WitnessRefusal, run_witness
 from mc.pql.v1 import receipt_log_service_pb2 as log_pb
 from mc.pql.v1 import receipt_log_service_pb2_grpc as log_grpc
-from mc_common.events.envelope import decode_envelope
+from mc_common.events.cloudevents import decode_record
 from mc_common.receipts.note import COSIGNATURE_V1, NoteSigner, NoteVerifier, SignedNote
 from mc_common.server import RunningServer, start_server
 from mc_common.testing.identity import TestTrustDomain
@@ -155,9 +155,9 @@ async def _cosigned_sizes(bootstrap: str, topic: str, signer: NoteSigner, until:
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     for rec in records:
-                        envelope = decode_envelope(rec.value)
-                        checkpoint = log_pb.Checkpoint()
-                        envelope.data.Unpack(checkpoint)
+                        event = decode_record(rec.headers, rec.key, rec.value)
+                        checkpoint = event.unpack(log_pb.Checkpoint)
+                        assert isinstance(checkpoint, log_pb.Checkpoint)
                         SignedNote.parse(checkpoint.note).verify(signer.verifier)
                         sizes.append(checkpoint.size)
     finally:

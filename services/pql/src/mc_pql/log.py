@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import FailedPrecondition, InvalidArgument, NotFound
-from mc_common.receipts import ChainLink, verify_chain
+from mc_common.receipts import ChainLink
 from mc_common.receipts.merkle import (
     consistency_nodes,
     consistency_proof,
@@ -31,7 +31,7 @@ from mc_common.receipts.note import Checkpoint, NoteSigner, sign_checkpoint
 from mc_common.signing import KeyRing
 from mc_pql.log_store import LogEntryRow, LogStore, NodeMissingError, StoredCheckpoint
 from mc_pql.models import Failure, ReceiptRow
-from mc_pql.provenance import Provenance, _row_failures
+from mc_pql.provenance import Provenance, verify_page
 
 MAX_ENTRIES = 1000
 MAX_ENTRY_BYTES = 2 << 20
@@ -248,31 +248,17 @@ def _verify_page(
     service_keys: KeyRing,
     tenant_keys: KeyRing,
 ) -> tuple[list[Failure], list[bytes], ChainLink | None, bool]:
-    """Verify one page of consecutive receipts (CPU only: runs in a worker thread)."""
-    failures: list[Failure] = []
-    report = verify_chain(
-        [r.envelope for r in rows], service_keys, expected_tenant=tenant, after=anchor
-    )
-    for problem in report.problems:
-        detail = "; ".join(f"{f.code}: {f.message}" for f in problem.receipt_failures)
-        failures.append(
-            Failure(
-                str(problem.code),
-                problem.message + (f" ({detail})" if detail else ""),
-                problem.sequence or 0,
-            )
-        )
+    """Verify one page of consecutive receipts and extend the Merkle frontier with them (CPU
+    only: runs in a worker thread)."""
+    failures, digests = verify_page(tenant, rows, anchor, service_keys, tenant_keys)
     gaps = False
     expected = rows[0].sequence
-    for row, receipt in zip(rows, report.receipts, strict=True):
-        failures += _row_failures(row, receipt.parsed_statement)
-        failures += Provenance.client_failures(row, receipt.parsed_statement, tenant_keys)
+    for row, signed_digest in zip(rows, digests, strict=True):
         gaps = gaps or row.sequence != expected
         expected = row.sequence + 1
         if not gaps:  # the leaf is the digest of what was signed, not the stored column
-            digest = receipt.digest or row.digest
-            leaf = leaf_hash(bytes.fromhex(digest))
+            leaf = leaf_hash(bytes.fromhex(signed_digest or row.digest))
             frontier = extend_frontier(row.sequence - 1, frontier, leaf)
     last = rows[-1]
-    anchor = ChainLink(tenant, last.sequence, report.receipts[-1].digest or last.digest)
+    anchor = ChainLink(tenant, last.sequence, digests[-1] or last.digest)
     return failures, frontier, anchor, gaps

@@ -383,30 +383,15 @@ class Provenance:
             rows = await self._store.list_receipts(tenant, after_seq, CHAIN_PAGE)
             if not rows:
                 break
-            report = await asyncio.to_thread(
-                verify_chain,
-                [r.envelope for r in rows],
-                service_keys,
-                expected_tenant=tenant,
-                after=anchor,
+            page_failures, digests = await asyncio.to_thread(
+                verify_page, tenant, rows, anchor, service_keys, tenant_keys
             )
-            for problem in report.problems:
-                detail = "; ".join(f"{f.code}: {f.message}" for f in problem.receipt_failures)
-                failures.append(
-                    Failure(
-                        str(problem.code),
-                        problem.message + (f" ({detail})" if detail else ""),
-                        problem.sequence or 0,
-                    )
-                )
-            for row, receipt_report in zip(rows, report.receipts, strict=True):
-                failures += _row_failures(row, receipt_report.parsed_statement)
-                failures += self.client_failures(row, receipt_report.parsed_statement, tenant_keys)
+            failures += page_failures
             checked += len(rows)
             last = rows[-1]
             after_seq, head = last.sequence, last.digest
             # Continue from what the rows claim; a forged link is reported above either way.
-            anchor = ChainLink(tenant, last.sequence, report.receipts[-1].digest or last.digest)
+            anchor = ChainLink(tenant, last.sequence, digests[-1] or last.digest)
         first = min((f.sequence for f in failures if f.sequence), default=0)
         return ChainVerification(Verification(tuple(failures)), checked, first, head)
 
@@ -597,6 +582,35 @@ def _execution_content(record: ExecutionRecord) -> dict[str, Any]:
         "finished_at": ts(record.finished_at),
         "labels": dict(sorted(record.labels.items())),
     }
+
+
+def verify_page(
+    tenant: str,
+    rows: Sequence[ReceiptRow],
+    anchor: ChainLink | None,
+    service_keys: KeyRing,
+    tenant_keys: KeyRing,
+) -> tuple[list[Failure], list[str | None]]:
+    """Verify consecutive stored receipts and their links (CPU only: callers run it in a
+    worker thread). Returns the failures and each receipt's digest as signed (None when its
+    envelope did not parse)."""
+    report = verify_chain(
+        [r.envelope for r in rows], service_keys, expected_tenant=tenant, after=anchor
+    )
+    failures: list[Failure] = []
+    for problem in report.problems:
+        detail = "; ".join(f"{f.code}: {f.message}" for f in problem.receipt_failures)
+        failures.append(
+            Failure(
+                str(problem.code),
+                problem.message + (f" ({detail})" if detail else ""),
+                problem.sequence or 0,
+            )
+        )
+    for row, receipt in zip(rows, report.receipts, strict=True):
+        failures += _row_failures(row, receipt.parsed_statement)
+        failures += Provenance.client_failures(row, receipt.parsed_statement, tenant_keys)
+    return failures, [receipt.digest for receipt in report.receipts]
 
 
 def _row_failures(row: ReceiptRow, statement: ReceiptStatement | None) -> list[Failure]:
