@@ -49,7 +49,7 @@ class EnvoyOptions:
         default_factory=lambda: {
             "mc.pql.v1": ("pql", "mc-maestro-conductor-pql", 7301),
             "mc.limiter.v1": ("limiter", "mc-maestro-conductor-limiter", 7302),
-            "mc.policy.v1": ("edge-policy", "mc-maestro-conductor-edge-policy", 7303),
+            "mc.policy.v1": ("edge-policy", "mc-maestro-conductor-edge-policy", 7304),
             "mc.gateway.v1": ("gateway", "mc-maestro-conductor-gateway", 7310),
         }
     )

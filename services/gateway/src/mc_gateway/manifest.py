@@ -9,6 +9,8 @@ from mc_common.manifest import DevContext, Infra, ServiceManifest
 from mc_gateway.settings import GatewaySettings
 
 HTTP_PORT = 8080
+# The fleet's gRPC packages the gateway exposes, and the service (workload) serving each.
+UPSTREAM_SERVICES = {"mc.pql.v1": "pql", "mc.limiter.v1": "limiter", "mc.policy.v1": "edge-policy"}
 
 
 def dev_env(context: DevContext) -> Mapping[str, str]:
@@ -17,15 +19,17 @@ def dev_env(context: DevContext) -> Mapping[str, str]:
     from mc_common.manifest import load_services
 
     ports = {m.name: m.grpc_port for m in load_services()}
-    upstreams = {}
-    if "pql" in ports:
-        upstreams["mc.pql.v1"] = f"127.0.0.1:{ports['pql']}"
-    if "limiter" in ports:
-        upstreams["mc.limiter.v1"] = f"127.0.0.1:{ports['limiter']}"
+    upstreams: dict[str, str] = {}
+    servers: dict[str, str] = {}
+    for package, service in UPSTREAM_SERVICES.items():
+        if service in ports:
+            upstreams[package] = f"127.0.0.1:{ports[service]}"
+            servers[package] = service
     env = {
         "POSTGRES_DSN": context.postgres_dsn,
         "HTTP_PORT": str(_port_or_free(HTTP_PORT)),
         "UPSTREAMS": json.dumps(upstreams),
+        "UPSTREAM_SERVERS": json.dumps(servers),
     }
     if "limiter" in ports:
         env["LIMITER_ADDRESS"] = f"127.0.0.1:{ports['limiter']}"
