@@ -12,6 +12,7 @@ import gzip
 import io
 import posixpath
 import tarfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,7 +120,7 @@ def read_archive(archive: bytes) -> dict[str, bytes]:
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(archive)) as gz:
             expanded = gz.read(MAX_EXPANDED_BYTES + 1)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise BundleFormatError(f"not a gzip archive: {exc}") from exc
     if len(expanded) > MAX_EXPANDED_BYTES:
         raise BundleFormatError(f"archive expands beyond {MAX_EXPANDED_BYTES} bytes")

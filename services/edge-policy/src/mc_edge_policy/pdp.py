@@ -209,8 +209,8 @@ class PolicyDecisionPoint:
         if expires <= now and not allow_expired:
             raise BundleRejected(RejectionKind.EXPIRED, f"bundle expired at {expires}")
         try:
-            compiled = compile_policies({k: v for k, v in files.items()}, manifest)
-        except PolicyCompileError as exc:
+            compiled = compile_policies(files, manifest)
+        except (PolicyCompileError, BundleFormatError) as exc:  # e.g. a signed non-UTF-8 module
             raise BundleRejected(RejectionKind.COMPILE, str(exc)) from exc
         return ActiveBundle(
             Evaluator(compiled), manifest, digest, signature.key_id, version, expires, now
