@@ -342,3 +342,16 @@ async def test_explain_execution_reads_recorded_decisions_from_pql(
         await running.stop(0)
         await app.close()
         await pql_server.stop(0)
+
+
+async def test_oversized_input_is_refused_before_evaluation(stub: Stub) -> None:
+    big = {"blob": "x" * (300 * 1024)}
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Evaluate(
+            svc.EvaluateRequest(package="mc/residency", input=struct(big)), metadata=md("acme")
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = [
+        d for d in status_details(raised.value) if isinstance(d, error_details_pb2.BadRequest)
+    ]
+    assert violations[0].field_violations[0].field == "input"
