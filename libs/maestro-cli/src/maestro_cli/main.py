@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from maestro_cli import keys as keys_cli
-from maestro_cli import limiter, pql
+from maestro_cli import limiter, pkg, pql
 from maestro_cli.fleet import Fleet, FleetError, Interrupted, client_identity, read_endpoint
 from maestro_cli.paths import data_dir
 from mc_common.devinfra import InfraError
@@ -243,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     pql.add_commands(commands)
     keys_cli.add_commands(commands)
     limiter.add_commands(commands)
+    pkg.add_commands(commands)
     return parser
 
 

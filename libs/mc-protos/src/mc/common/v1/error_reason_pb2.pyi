@@ -156,6 +156,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_DECISION_LOG_UNAVAILABLE is a decision that could not be queued for the
     decisions topic in time; it was not served.
     """
+    ERROR_REASON_PACKAGE_INVALID: _ErrorReason.ValueType  # 500
+    """ERROR_REASON_PACKAGE_INVALID is a workflow package archive or manifest that is malformed."""
+    ERROR_REASON_PACKAGE_UNSIGNED: _ErrorReason.ValueType  # 501
+    """ERROR_REASON_PACKAGE_UNSIGNED is a workflow package without a signature MC can check."""
+    ERROR_REASON_PACKAGE_SIGNATURE_INVALID: _ErrorReason.ValueType  # 502
+    """ERROR_REASON_PACKAGE_SIGNATURE_INVALID is a workflow package whose signature, attestation or
+    Sigstore bundle does not verify against the trusted keys, or covers other content.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is every reason an MC service can put in a `google.rpc.ErrorInfo`: the
@@ -301,5 +309,13 @@ ERROR_REASON_POLICY_DENIED: ErrorReason.ValueType  # 401
 ERROR_REASON_DECISION_LOG_UNAVAILABLE: ErrorReason.ValueType  # 402
 """ERROR_REASON_DECISION_LOG_UNAVAILABLE is a decision that could not be queued for the
 decisions topic in time; it was not served.
+"""
+ERROR_REASON_PACKAGE_INVALID: ErrorReason.ValueType  # 500
+"""ERROR_REASON_PACKAGE_INVALID is a workflow package archive or manifest that is malformed."""
+ERROR_REASON_PACKAGE_UNSIGNED: ErrorReason.ValueType  # 501
+"""ERROR_REASON_PACKAGE_UNSIGNED is a workflow package without a signature MC can check."""
+ERROR_REASON_PACKAGE_SIGNATURE_INVALID: ErrorReason.ValueType  # 502
+"""ERROR_REASON_PACKAGE_SIGNATURE_INVALID is a workflow package whose signature, attestation or
+Sigstore bundle does not verify against the trusted keys, or covers other content.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
