@@ -198,3 +198,30 @@ def test_tampered_cache_is_not_loaded(
     restarted = PolicyDecisionPoint(keyring, tmp_path / "cache", clock=clock)
     assert restarted.bootstrap() is None
     assert restarted.decide(ACME, "mc/residency", {}).fail_closed
+
+
+def test_signing_key_rotation_without_downtime(tmp_path: Path) -> None:
+    old, new = SigningKey.generate("mc-2026-q3"), SigningKey.generate("mc-2026-q4")
+    overlap_end = BUILD_TIME + timedelta(days=2)
+    ring = KeyRing(
+        [
+            old.verification_key(not_after=overlap_end),
+            new.verification_key(not_before=BUILD_TIME),
+        ]
+    )
+    clock = Clock(BUILD_TIME + timedelta(hours=1))
+    pdp = PolicyDecisionPoint(ring, tmp_path, clock=clock)
+    pdp.activate(build_seed(old, ring, version=1).archive)
+    request = {"resource": {"region": "eu-west-1"}}
+    assert pdp.decide(ACME, "mc/residency", request).allow
+    # During the overlap the new key's bundle activates; decisions never stop.
+    pdp.activate(build_seed(new, ring, version=2).archive)
+    assert pdp.active is not None and pdp.active.key_id == "mc-2026-q4"
+    assert pdp.decide(ACME, "mc/residency", request).allow
+    # After the overlap the old key is retired: its bundles are refused.
+    clock.advance(timedelta(days=3))
+    late = build_seed(old, KeyRing([old.verification_key()]), version=3, when=clock.now)
+    with pytest.raises(BundleRejected) as raised:
+        pdp.activate(late.archive)
+    assert raised.value.kind is RejectionKind.SIGNATURE
+    assert pdp.decide(ACME, "mc/residency", request).allow
