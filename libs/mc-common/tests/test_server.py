@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,8 +17,10 @@ from prometheus_client import generate_latest
 from mc.pql.v1 import provenance_pb2 as pb
 from mc.pql.v1 import provenance_service_pb2 as svc
 from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
+from mc_common import tracecontext
 from mc_common.config import ServiceSettings
 from mc_common.errors import NotFound, ResourceExhausted, status_details
+from mc_common.logs import JsonFormatter
 from mc_common.server import RunningServer, ServiceSpec, start_server
 from mc_common.tenancy import current_principal, require_tenant
 from mc_common.testing.identity import TestTrustDomain
@@ -188,3 +194,110 @@ async def test_rpcs_are_traced_and_logs_carry_the_trace_id(
     assert logged["tenant"] == "acme"
     assert logged["peer"] == "spiffe://mc.test/ns/mc/sa/gateway"
     assert logged["trace_id"] == f"{spans[0].context.trace_id:032x}"
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+INCOMING = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "mc.access"]
+
+
+class JsonLines(logging.Handler):
+    """Formats records when they are emitted (inside the call, as in production)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter("test"))
+        self.lines: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_one_access_line_per_rpc_with_its_trace(
+    stub: svc_grpc.ProvenanceServiceStub,
+) -> None:
+    handler = JsonLines()
+    access = logging.getLogger("mc.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        call = stub.GetExecution(
+            svc.GetExecutionRequest(execution_id="e1"),
+            metadata=[("x-mc-tenant", "acme"), ("traceparent", INCOMING)],
+        )
+        await call
+        trailing = dict(await call.trailing_metadata() or ())
+    finally:
+        access.removeHandler(handler)
+
+    (entry,) = handler.lines
+    assert entry["msg"] == "rpc"
+    assert entry["method"] == f"/{SERVICE}/GetExecution"
+    assert entry["code"] == "OK"
+    assert isinstance(entry["duration_ms"], float)
+    assert entry["tenant"] == "acme"
+    assert entry["trace_id"] == TRACE_ID
+    # The answer names this call's span in the caller's trace.
+    assert str(trailing["traceparent"]) == f"00-{TRACE_ID}-{entry['span_id']}-01"
+
+
+async def test_a_refused_call_is_logged_and_traced_without_a_caller_trace(
+    stub: svc_grpc.ProvenanceServiceStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mc.access")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetExecution(
+            svc.GetExecutionRequest(execution_id="missing"), metadata=[("x-mc-tenant", "acme")]
+        )
+
+    (line,) = access_lines(caplog)
+    assert (line.method, line.code) == (f"/{SERVICE}/GetExecution", "NOT_FOUND")  # type: ignore[attr-defined]
+    trailing = dict(err.value.trailing_metadata() or ())
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", str(trailing["traceparent"]))
+
+
+async def test_access_log_can_be_turned_off(
+    mc_trust_domain: TestTrustDomain, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mc.access")
+    spec = ServiceSpec(
+        name="test",
+        service_names=[SERVICE],
+        register=lambda s: svc_grpc.add_ProvenanceServiceServicer_to_server(
+            EchoTenantServicer(), s
+        ),
+    )
+    running = await start_server(ServiceSettings(grpc_port=0, access_log=False), spec)
+    try:
+        async with mc_trust_domain.channel(running.address) as channel:
+            quiet = svc_grpc.ProvenanceServiceStub(channel)
+            await quiet.GetExecution(
+                svc.GetExecutionRequest(execution_id="e1"), metadata=[("x-mc-tenant", "acme")]
+            )
+    finally:
+        await running.stop(0)
+    assert access_lines(caplog) == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "garbage", f"ff-{TRACE_ID}-00f067aa0ba902b7-01", f"00-{'0' * 32}-00f067aa0ba902b7-01"],
+)
+def test_invalid_traceparents_start_a_new_trace(value: str) -> None:
+    assert tracecontext.parse_traceparent(value) is None
+    assert tracecontext.parse_traceparent(INCOMING) == int(TRACE_ID, 16)
+
+
+def test_library_tracebacks_are_one_json_line() -> None:
+    try:
+        raise ValueError("deep inside a library")
+    except ValueError:
+        record = logging.LogRecord("lib", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    line = JsonFormatter("test").format(record)
+
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert "ValueError: deep inside a library" in entry["exc"]

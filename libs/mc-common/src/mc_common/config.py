@@ -35,6 +35,11 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_s: float = Field(5.0, ge=0, description="Grace period for in-flight RPCs.")
     otel_exporter: Literal["none", "console"] = Field("none", description="Span exporter.")
     reflection: bool = Field(True, description="Serve gRPC server reflection.")
+    access_log: bool = Field(
+        True,
+        description="One INFO line per RPC on logger mc.access (method, code, duration, tenant, "
+        "principal, trace id).",
+    )
     health_host: str = Field("127.0.0.1", description="Address of the plaintext health port.")
     health_port: int | None = Field(
         None,

@@ -20,6 +20,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError, Message
 
 from mc.common.v1 import options_pb2
+from mc_common import tracecontext
 from mc_common.errors import ERROR_DOMAIN, InvalidArgument, MCError
 from mc_common.identity.authz import PeerPolicy
 from mc_common.metrics import SERVER_STREAM, RpcMetrics
@@ -35,9 +36,11 @@ from mc_common.tenancy import (
     require_tenant,
     validate_tenant_id,
 )
+from mc_common.tracecontext import TRACEPARENT_HEADER
 from mc_common.validation import validate_request
 
 log = logging.getLogger("mc.rpc")
+access_log = logging.getLogger("mc.access")
 
 Access = int  # an mc.common.v1.Access enum value
 if TYPE_CHECKING:  # grpc's classes are generic only in the type stubs
@@ -111,7 +114,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         policy: PeerPolicy,
         front_door_methods: Collection[str] = (),
         error_domain: str = ERROR_DOMAIN,
+        access_log: bool = True,
     ) -> None:
+        self._access_log = access_log
         self._metrics = metrics
         self._error_domain = error_domain
         self._overrides = dict(access_overrides or {})
@@ -173,7 +178,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         else:
             log.exception("unhandled error", extra={"method": method})
             status = _PlainStatus(grpc.StatusCode.INTERNAL, "internal error")
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        trailing = (*status.trailing_metadata, *tracecontext.outgoing_metadata())
+        await context.abort(status.code, status.details, trailing)
 
     def _binder(self, method: str) -> Callable[[Ctx], None]:
         access = method_access(method, self._overrides)
@@ -184,11 +190,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             # Each RPC runs in its own task, so the contextvars set here die with the call.
             raw_tenant: str | None = None
             raw_principal: str | None = None
+            raw_traceparent: str | None = None
             for key, value in context.invocation_metadata() or ():
                 if key == TENANT_HEADER:
                     raw_tenant = str(value)
                 elif key == PRINCIPAL_HEADER:
                     raw_principal = str(value)
+                elif key == TRACEPARENT_HEADER:
+                    raw_traceparent = str(value)
+            # Trace context first, so even a refused call answers and logs its trace id.
+            context.set_trailing_metadata(
+                ((TRACEPARENT_HEADER, tracecontext.begin(raw_traceparent)),)
+            )
             # Who is asking decides what of the metadata is believed, so the peer is
             # authorized before the metadata is even parsed.
             peer = policy.peer(context)
@@ -233,7 +246,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = grpc.StatusCode.INTERNAL
                 await self._fail(method, context, error)
             finally:
-                observe(time.perf_counter() - start, code, int(code is grpc.StatusCode.OK))
+                elapsed = time.perf_counter() - start
+                observe(elapsed, code, int(code is grpc.StatusCode.OK))
+                if self._access_log:
+                    _log_access(method, code, elapsed)
 
         return wrapper
 
@@ -263,7 +279,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = grpc.StatusCode.INTERNAL
                 await self._fail(method, context, error)
             finally:
-                observe(time.perf_counter() - start, code, sent)
+                elapsed = time.perf_counter() - start
+                observe(elapsed, code, sent)
+                if self._access_log:
+                    _log_access(method, code, elapsed, sent)
 
         return wrapper
 
@@ -271,6 +290,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 def _kind(raw_principal: str) -> str:
     kind, sep, _ = raw_principal.partition(":")
     return kind if sep else "user"  # as Principal.parse reads it
+
+
+def _log_access(
+    method: str, code: grpc.StatusCode, elapsed: float, messages: int | None = None
+) -> None:
+    """The access line of one RPC (tenant, principal and trace id come from the formatter)."""
+    extra: dict[str, Any] = {"method": method, "code": code.name}
+    extra["duration_ms"] = round(elapsed * 1000, 3)
+    if messages is not None:
+        extra["messages"] = messages
+    access_log.info("rpc", extra=extra)
 
 
 def _validate(request: Any) -> None:
@@ -287,7 +317,7 @@ class TenantClientInterceptor(
 
     @staticmethod
     def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        extra = outgoing_metadata()
+        extra = [*outgoing_metadata(), *tracecontext.outgoing_metadata()]
         if not extra:
             return details
         metadata = grpc.aio.Metadata(*(details.metadata or ()))

@@ -182,6 +182,7 @@ async def start_server(
         policy=PeerPolicy(settings.identity),
         front_door_methods=spec.front_door_methods,
         error_domain=service_domain(spec.name),
+        access_log=settings.access_log,
     )
     registrar = _WrappingRegistrar(server, interceptor)
     spec.register(registrar)  # type: ignore[arg-type]  # registration methods only
