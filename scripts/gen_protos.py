@@ -1,8 +1,10 @@
 """Generate MC's Python protobuf code (messages, gRPC stubs, type stubs) from `protos/`.
 
-One command reproduces `libs/mc-protos/src/` exactly; `--check` fails when the committed code
-has drifted from the protos. Third-party proto files (google/api, PGV's validate.proto) are
-taken from installed packages and staged under `.build/third_party/`, never committed.
+One command reproduces `libs/mc-protos/src/` exactly, and the Envoy gateway configs in
+`deploy/envoy/` rendered from the same descriptor set; `--check` fails when the committed code
+or configs have drifted from the protos. Third-party proto files (google/api, PGV's
+validate.proto) are taken from installed packages and staged under `.build/third_party/`, never
+committed.
 
 Usage: uv run python scripts/gen_protos.py [--check]
 """
@@ -106,6 +108,22 @@ def _tree(path: Path) -> dict[str, bytes]:
     }
 
 
+ENVOY_DIR = ROOT / "deploy" / "envoy"
+
+
+def _envoy_configs(descriptor_set: Path) -> dict[Path, str]:
+    """deploy/envoy/*.json as the gateway renders them from `descriptor_set` (ADR 0039): they
+    are generated from the protos like the code, so they regenerate and drift-check with it."""
+    from mc_gateway.descriptors import load_api
+    from mc_gateway.envoy import EnvoyOptions, render
+
+    api = load_api(descriptor_set)
+    return {
+        ENVOY_DIR / "envoy.json": render(api, EnvoyOptions(mode="replace")),
+        ENVOY_DIR / "envoy-front.json": render(api, EnvoyOptions(mode="front")),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if committed code drifted")
@@ -115,6 +133,12 @@ def main() -> int:
         generate(fresh)
         want, have = _tree(fresh), _tree(OUT)
         drift = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        envoy = _envoy_configs(fresh / "mc" / "descriptor_set.binpb")
+        drift += sorted(
+            str(path.relative_to(ROOT))
+            for path, text in envoy.items()
+            if not path.exists() or path.read_text() != text
+        )
         if opts.check:
             if drift:
                 print("generated code drifted from protos/ in:", *drift, sep="\n  ")
@@ -125,6 +149,9 @@ def main() -> int:
         for root in GENERATED_ROOTS:
             shutil.rmtree(OUT / root, ignore_errors=True)
             shutil.copytree(fresh / root, OUT / root)
+        for path, text in envoy.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
         print(f"generated {len(want)} files into {OUT.relative_to(ROOT)} ({len(drift)} changed)")
     return 0
 

@@ -45,7 +45,7 @@ async def envoy_check(config: Path) -> tuple[int, str]:
 )
 def test_committed_config_is_the_generated_one(name: str, mode: str) -> None:
     fresh = render(options=EnvoyOptions(mode=mode))  # type: ignore[arg-type]
-    assert (DEPLOY / name).read_text() == fresh, "run: uv run python -m mc_gateway.envoy"
+    assert (DEPLOY / name).read_text() == fresh, "run: uv run python scripts/gen_protos.py"
 
 
 def test_one_route_per_service_and_mtls_to_each_upstream() -> None:
