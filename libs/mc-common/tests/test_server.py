@@ -20,6 +20,7 @@ from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common import tracecontext
 from mc_common.config import ServiceSettings
 from mc_common.errors import NotFound, ResourceExhausted, status_details
+from mc_common.interceptors import UnsupportedHandler
 from mc_common.logs import JsonFormatter
 from mc_common.server import RunningServer, ServiceSpec, start_server
 from mc_common.tenancy import current_principal, require_tenant
@@ -301,3 +302,25 @@ def test_library_tracebacks_are_one_json_line() -> None:
     assert "\n" not in line
     entry = json.loads(line)
     assert "ValueError: deep inside a library" in entry["exc"]
+
+
+@pytest.mark.parametrize("kind", ["stream_unary", "stream_stream"])
+@pytest.mark.parametrize("registration", ["generic", "registered"])
+async def test_request_streaming_handlers_are_refused_at_registration(
+    kind: str, registration: str
+) -> None:
+    async def behavior(requests, context):  # type: ignore[no-untyped-def]
+        return None
+
+    handler = getattr(grpc, f"{kind}_rpc_method_handler")(behavior)
+
+    def register(server: grpc.aio.Server) -> None:
+        if registration == "generic":
+            generic = grpc.method_handlers_generic_handler("mc.test.v1.Chat", {"Talk": handler})
+            server.add_generic_rpc_handlers((generic,))
+        else:
+            server.add_registered_method_handlers("mc.test.v1.Chat", {"Talk": handler})  # type: ignore[attr-defined]
+
+    spec = ServiceSpec(name="test", service_names=["mc.test.v1.Chat"], register=register)
+    with pytest.raises(UnsupportedHandler, match=re.escape("/mc.test.v1.Chat/Talk")):
+        await start_server(ServiceSettings(grpc_port=0), spec)

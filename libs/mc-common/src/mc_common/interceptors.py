@@ -73,6 +73,10 @@ def method_access(method: str, overrides: Mapping[str, Access] | None = None) ->
     return access or options_pb2.ACCESS_TENANT
 
 
+class UnsupportedHandler(TypeError):
+    """A service registered a handler kind MC servers cannot wrap (raised at registration)."""
+
+
 class _PlainStatus:
     """A status without details, for errors whose text must not reach the caller."""
 
@@ -154,7 +158,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler  # client- and bidi-streaming RPCs: none exist in MC's contracts yet
+        if method.lstrip("/").startswith("mc."):
+            # Request streams would get neither tenant binding, access rules, validation nor
+            # error mapping per message: refused rather than served unwrapped.
+            raise UnsupportedHandler(
+                f"{method}: client- and bidi-streaming RPCs are not supported by MC servers"
+            )
+        # Infrastructure we host (server reflection): no tenant, no domain errors.
+        return handler
 
     def wrap_deserializer(self, deserializer: Any) -> Any:
         """Undecodable request bytes become INVALID_ARGUMENT (grpc would say UNKNOWN)."""

@@ -71,6 +71,9 @@ class _WrappingRegistrar:
         self._interceptor = interceptor
 
     def add_generic_rpc_handlers(self, handlers: Sequence[GenericHandler]) -> None:
+        for handler in handlers:  # handler kinds MC cannot wrap fail here, not at the first call
+            for method, method_handler in getattr(handler, "_method_handlers", {}).items():
+                self._interceptor.wrap_handler(method, method_handler)
         self._server.add_generic_rpc_handlers(
             tuple(_WrappedGenericHandler(h, self._interceptor) for h in handlers)
         )

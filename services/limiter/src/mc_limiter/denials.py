@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mc_limiter.periodic import Periodic
+from mc_common.periodic import Periodic
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from mc_common.errors import MCError, Unavailable
 from mc_common.pagetokens import PageTokens
+from mc_common.periodic import Periodic
 from mc_limiter.admin import Administration, DomainPlan, RulePage
 from mc_limiter.audit import AuditEvent, AuditSink, NullAuditSink
 from mc_limiter.config_cache import ConfigCache
@@ -33,7 +34,6 @@ from mc_limiter.execution import Executor, unmatched_decision
 from mc_limiter.keys import escape
 from mc_limiter.metrics import LimiterMetrics
 from mc_limiter.options import LimiterOptions, UnmatchedPolicy
-from mc_limiter.periodic import Periodic
 from mc_limiter.planning import (
     MAX_ID_LENGTH,
     MAX_KEY_LENGTH,

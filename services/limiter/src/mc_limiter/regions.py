@@ -36,8 +36,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from mc_common.periodic import Periodic
 from mc_limiter.keys import counter_key, remote_key
-from mc_limiter.periodic import Periodic
 from mc_limiter.sharding import SHARD_UNAVAILABLE_ERRORS, Shard, ShardRouter, trip_unless_slow
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from redis.exceptions import BusyLoadingError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mc_limiter.periodic import stop_task
+from mc_common.periodic import stop_task
 from mc_limiter.redis_client import make_client
 
 log = logging.getLogger(__name__)

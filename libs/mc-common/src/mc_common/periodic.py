@@ -1,5 +1,6 @@
-"""Background loops that always stop: a stop flag ends them even if a client library swallows
-the task's cancellation (seen with redis-py under load: ``close()`` then waited forever)."""
+"""Periodic background tasks for services: loops that always stop, since a stop flag ends
+them even if a client library swallows the task's cancellation (seen with redis-py under load:
+``close()`` then waited forever). Moved here from the limiter so every service uses one."""
 
 from __future__ import annotations
 
