@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from mc.limiter.v1 import fairshare_service_pb2_grpc as fs_grpc
 from mc.limiter.v1 import limiter_service_pb2_grpc as svc_grpc
+from mc_common.errors import Unavailable
 from mc_common.events.publisher import EventPublisher
 from mc_common.server import ServiceSpec
 from mc_limiter.audit import AuditSink
@@ -162,15 +163,19 @@ class LimiterApp:
 
 async def apply_rule_files(limiter: Limiter, paths: list[str]) -> None:
     """Store each declarative rules file whose domain differs from what is stored (every
-    replica does this at start; unchanged files write nothing)."""
+    replica does this at start; unchanged files write nothing). An invalid file fails the
+    start; an unreachable config store does not (the replica serves its last good
+    configuration, and the files are applied by the next replica that starts)."""
     for config in load_paths(paths):
-        plan = await limiter.put_domain(
-            config.source, file_name=config.file_name, actor="config:rule-files", dry_run=True
-        )
-        if plan.changes or plan.revision == 0:
-            await limiter.put_domain(
-                config.source, file_name=config.file_name, actor="config:rule-files"
+        where = {"file": config.file_name, "domain": config.domain}
+        try:
+            plan = await limiter.put_domain(
+                config.source, file_name=config.file_name, actor="config:rule-files", dry_run=True
             )
-            log.info(
-                "applied rules file", extra={"file": config.file_name, "domain": config.domain}
-            )
+            if plan.changes or plan.revision == 0:
+                await limiter.put_domain(
+                    config.source, file_name=config.file_name, actor="config:rule-files"
+                )
+                log.info("applied rules file", extra=where)
+        except Unavailable:
+            log.error("rules file not applied: the config store is unreachable", extra=where)
