@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
-import multiprocessing
-import signal
-from multiprocessing.connection import wait
-from types import FrameType
 
+from mc_common import workers
 from mc_common.logs import configure_logging
 from mc_common.server import serve
 from mc_pql.app import PqlApp, prepare_database
 from mc_pql.settings import PqlSettings
-
-log = logging.getLogger("mc.pql")
 
 
 async def run(settings: PqlSettings, *, share_port: bool = False) -> None:
@@ -38,34 +32,10 @@ def _worker(index: int) -> None:
 
 
 def supervise(settings: PqlSettings) -> int:
-    """Run `settings.workers` workers until SIGTERM or SIGINT; the first worker to exit
-    otherwise stops the others. Returns the exit code: 0 when every worker stopped cleanly."""
+    """Migrate once, then run `settings.workers` workers (`mc_common.workers.supervise`)."""
     configure_logging("mc-pql", settings.log_level)
     asyncio.run(prepare_database(settings))
-    spawn = multiprocessing.get_context("spawn")  # gRPC does not survive fork
-    workers = [
-        spawn.Process(target=_worker, args=(i,), name=f"mc-pql-{i}")
-        for i in range(settings.workers)
-    ]
-    for worker in workers:
-        worker.start()
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        if not stopping:  # once: a second SIGTERM could land after a worker's own handler is gone
-            stopping = True
-            for worker in workers:
-                worker.terminate()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop)
-    log.info("supervising", extra={"workers": settings.workers, "port": settings.grpc_port})
-    wait([w.sentinel for w in workers])
-    stop(signal.SIGTERM, None)  # a worker stopped by itself: stop the others
-    for worker in workers:
-        worker.join()
-    return max(abs(w.exitcode or 0) for w in workers)
+    return workers.supervise("mc-pql", settings.workers, _worker)
 
 
 def main() -> None:

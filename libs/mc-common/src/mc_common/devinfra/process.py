@@ -41,6 +41,13 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
+    """In a child process already running: receive `sig` when the parent dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
 def die_with_parent(
     sig: int = signal.SIGTERM, then: Callable[[], None] | None = None
 ) -> Callable[[], None]:
