@@ -65,3 +65,39 @@ async def test_keys_lifecycle_from_the_cli(
         assert reply.status_code == 401
     code, out = await run_cli(capsys, cli_gateway, "keys", "revoke", "--tenant", "globex", key_id)
     assert code == 1 and "NOT_FOUND" in out  # a key is found only in its own tenant
+
+
+async def test_key_listing_pages_and_refuses_forged_page_tokens(
+    cli_gateway: RunningGateway,
+) -> None:
+    import grpc
+    from gateway_support import OPERATOR_MD, issue_key
+
+    from mc.gateway.v1 import api_key_service_pb2 as kpb
+    from mc.gateway.v1 import api_key_service_pb2_grpc as kgrpc
+
+    made = {(await issue_key(cli_gateway, "acme")).api_key.key_id for _ in range(3)}
+    await issue_key(cli_gateway, "globex")
+    identity = cli_gateway.grpc.identity
+    async with identity.channel(cli_gateway.grpc.address, server="gateway") as channel:
+        stub = kgrpc.ApiKeyServiceStub(channel)
+        seen: list[str] = []
+        token = ""
+        while True:
+            page = await stub.ListApiKeys(
+                kpb.ListApiKeysRequest(parent="tenants/acme", page_size=2, page_token=token),
+                metadata=OPERATOR_MD,
+            )
+            assert len(page.api_keys) <= 2
+            seen += [k.key_id for k in page.api_keys]
+            token = page.next_page_token
+            if not token:
+                break
+        assert sorted(seen) == sorted(made)  # every key once, none of another tenant
+        for forged in ("!!", "bnVsbA==", "WyIyMDI2LTAxLTAxVDAwOjAwOjAwIiwgImsiXQ=="):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.ListApiKeys(
+                    kpb.ListApiKeysRequest(parent="tenants/acme", page_token=forged),
+                    metadata=OPERATOR_MD,
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -222,6 +222,9 @@ def _encode_token(last: ApiKeyRecord) -> str:
 def _decode_token(token: str) -> tuple[datetime, str]:
     try:
         created, key_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(created), str(key_id)
+        after = datetime.fromisoformat(created)
     except (ValueError, TypeError) as exc:
         raise InvalidArgument.field("page_token", f"malformed page token: {exc}") from None
+    if after.tzinfo is None:
+        raise InvalidArgument.field("page_token", "malformed page token: no time zone")
+    return after, str(key_id)
