@@ -100,6 +100,28 @@ def require_operator() -> Principal:
     return principal
 
 
+SERVICE_KIND = "service"
+
+
+def may_act_for_any_tenant() -> bool:
+    """Whether the caller may name a tenant other than its own in a request: operators and fleet
+    services (principal kind `service`, believed only from peers allowed to assert it) may;
+    tenant callers may not."""
+    principal = _principal.get()
+    return principal is not None and (principal.is_operator or principal.kind == SERVICE_KIND)
+
+
+def authorize_tenant(
+    requested: str, field: str = "tenant", message: str = "a tenant may only act for itself"
+) -> None:
+    """Refuse (PERMISSION_DENIED, TENANT_MISMATCH) a request naming another tenant than the
+    caller's, unless the caller may act for any tenant (`may_act_for_any_tenant`)."""
+    if not may_act_for_any_tenant() and requested != require_tenant():
+        raise PermissionDenied(
+            f"{field}: {message}", reason=ErrorReason.ERROR_REASON_TENANT_MISMATCH
+        )
+
+
 @contextmanager
 def tenant_context(
     tenant: str | None, principal: Principal | None = None, peer: str | None = None

@@ -11,8 +11,9 @@ from mc.limiter.v1 import fairshare_service_pb2 as fs
 from mc.limiter.v1 import fairshare_service_pb2_grpc as fs_grpc
 from mc.limiter.v1 import limiter_service_pb2 as svc
 from mc.limiter.v1 import limiter_service_pb2_grpc as svc_grpc
+from mc_common import tenancy
 from mc_common.errors import FieldViolation, InvalidArgument, PermissionDenied
-from mc_common.tenancy import current_principal, require_operator, require_tenant
+from mc_common.tenancy import require_operator, require_tenant
 from mc_limiter import convert
 from mc_limiter.decisions import CheckRequest
 from mc_limiter.fairshare import FairShareDispatcher, Ticket, TicketState
@@ -26,22 +27,20 @@ FAIRSHARE_SERVICE = fs.DESCRIPTOR.services_by_name["FairShareService"].full_name
 Ctx = Any  # grpc.aio.ServicerContext; the interceptors own status handling
 
 
+_LIMITS = "a tenant may only check its own limits"
+
+
 def authorize_tenant(requested: str, field: str = "tenant") -> None:
     """A caller checks for its own tenant; operators and mesh services may check for any."""
-    if _own_tenant_only() and requested != require_tenant():
-        _mismatch(field)
+    tenancy.authorize_tenant(requested, field, _LIMITS)
 
 
 def _own_tenant_only() -> bool:
-    principal = current_principal()
-    return principal is None or not (principal.is_operator or principal.kind == "service")
+    return not tenancy.may_act_for_any_tenant()
 
 
 def _mismatch(field: str) -> NoReturn:
-    raise PermissionDenied(
-        f"{field}: a tenant may only check its own limits",
-        reason=ErrorReason.ERROR_REASON_TENANT_MISMATCH,
-    )
+    raise PermissionDenied(f"{field}: {_LIMITS}", reason=ErrorReason.ERROR_REASON_TENANT_MISMATCH)
 
 
 class LimiterServicer(svc_grpc.LimiterServiceServicer):
