@@ -23,6 +23,7 @@ from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common.receipts import ReceiptBody
 from mc_common.signing import IN_TOTO_PAYLOAD_TYPE, PemSigner, sign_envelope
 from mc_common.testing.snapshots import postgres_fingerprint
+from mc_pql.app import PqlApp
 from mc_pql.client_statement import client_statement_bytes, sign_client_statement
 from mc_pql.settings import PqlSettings
 
@@ -442,3 +443,78 @@ async def test_label_bounds_hold_so_execution_pages_fit(stub: Stub) -> None:
             metadata=md("acme"),
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_retried_write_returns_the_original_receipt(
+    stub: Stub, pql_settings: PqlSettings
+) -> None:
+    request = record("idem", 1)
+    request.idempotency_key = "order-42"
+    first = (await stub.RecordReceipt(request, metadata=md("acme"))).receipt
+    again = (await stub.RecordReceipt(request, metadata=md("acme"))).receipt
+    assert again.digest == first.digest and again.sequence == first.sequence
+    assert again.verification.valid and again.content == first.content
+    assert await count_rows(pql_settings) == 1
+    # Concurrent retries (one round of the writer, or racing replicas) still record it once.
+    racing = record("race", 2)
+    racing.idempotency_key = "order-43"
+    replies = await asyncio.gather(
+        *(stub.RecordReceipt(racing, metadata=md("acme")) for _ in range(6))
+    )
+    assert len({r.receipt.digest for r in replies}) == 1
+    assert await count_rows(pql_settings) == 2
+    # The same key from another tenant is another request.
+    other = (await stub.RecordReceipt(request, metadata=md("globex"))).receipt
+    assert other.tenant == "globex" and other.sequence == 1
+
+
+async def test_a_reused_key_with_another_request_is_already_exists(
+    stub: Stub, pql_settings: PqlSettings
+) -> None:
+    request = record("idem", 1)
+    request.idempotency_key = "k-1"
+    await stub.RecordReceipt(request, metadata=md("acme"))
+    changed = record("idem", 2)
+    changed.idempotency_key = "k-1"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RecordReceipt(changed, metadata=md("acme"))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert await count_rows(pql_settings) == 1
+
+
+async def test_a_retried_batch_returns_the_original_receipts(
+    stub: Stub, pql_settings: PqlSettings
+) -> None:
+    batch = svc.RecordReceiptsRequest(
+        receipts=[record(f"b{n}", n) for n in range(3)], idempotency_key="batch-7"
+    )
+    first = await stub.RecordReceipts(batch, metadata=md("acme"))
+    await stub.RecordReceipt(record("between", 9), metadata=md("acme"))
+    again = await stub.RecordReceipts(batch, metadata=md("acme"))
+    assert [r.digest for r in again.receipts] == [r.digest for r in first.receipts]
+    assert [r.sequence for r in again.receipts] == [1, 2, 3]
+    assert await count_rows(pql_settings) == 4
+    keyed_item = svc.RecordReceiptsRequest(receipts=[record("x", 1)])
+    keyed_item.receipts[0].idempotency_key = "inner"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.RecordReceipts(keyed_item, metadata=md("acme"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_write_committed_before_a_lost_reply_is_not_duplicated(
+    pql_app: PqlApp, pql_settings: PqlSettings
+) -> None:
+    """The crash between commit and reply: the caller never saw the receipt and retries."""
+    from mc_pql import convert
+
+    request = record("lost", 1)
+    request.idempotency_key = "lost-reply"
+    submission = convert.content_to_submission("acme", request.content, "content")
+    key = convert.request_key(request)
+    task = asyncio.ensure_future(pql_app.provenance.record_receipts("acme", [submission], key))
+    committed = await task  # committed; pretend the reply was lost on the way
+    retried = await pql_app.provenance.record_receipts(
+        "acme", [convert.content_to_submission("acme", request.content, "content")], key
+    )
+    assert [s.row.digest for s in retried] == [s.row.digest for s in committed]
+    assert await count_rows(pql_settings) == 1

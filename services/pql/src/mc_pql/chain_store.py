@@ -39,9 +39,11 @@ _NODES = (
 _LOCK = "SELECT * FROM chain_lock(%b::text[], %b::bigint[], %b::text[])"
 _RECEIPTS = (
     "INSERT INTO receipts (tenant, sequence, digest, previous_digest, execution_id, envelope, "
-    "signer_key_id, client_envelope, client_key_id, recorded_at) "
+    "signer_key_id, client_envelope, client_key_id, recorded_at, idempotency_key, "
+    "request_sha256, request_count) "
     "SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], "
-    "%b::bytea[], %b::text[], %b::bytea[], %b::text[], %b::timestamptz[])"
+    "%b::bytea[], %b::text[], %b::bytea[], %b::text[], %b::timestamptz[], %b::text[], "
+    "%b::text[], %b::int4[])"
 )
 _LOG = (
     "INSERT INTO receipt_log (tenant, sequence, digest, nodes) "
@@ -187,6 +189,9 @@ def _values(r: ReceiptRow) -> tuple[object, ...]:
         r.client_envelope,
         r.client_key_id,
         r.recorded_at,
+        r.idempotency_key,
+        r.request_sha256,
+        r.request_count,
     )
 
 

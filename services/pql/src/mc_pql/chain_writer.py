@@ -29,7 +29,7 @@ from mc_common.receipts.merkle import completed_nodes, extend_frontier, fold, le
 from mc_common.signing import Signer
 from mc_pql.chain_store import ChainAppender, ChainHead
 from mc_pql.limits import MAX_RECEIPT_REPLY_BYTES, MAX_REPLY_BYTES, receipt_reply_bytes
-from mc_pql.models import ReceiptRow, StoredReceipt, Verification
+from mc_pql.models import ReceiptRow, RequestKey, StoredReceipt, Verification
 from mc_pql.store import ProvenanceStore
 
 MAX_CACHED_HEADS = 100_000  # tenants whose head is remembered; the rest are read when needed
@@ -54,6 +54,7 @@ class _Pending:
 
     tenant: str
     items: list[PreparedReceipt]
+    key: RequestKey | None
     done: asyncio.Future[list[StoredReceipt]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -92,9 +93,13 @@ class ChainWriter:
         self._signed_frontiers: dict[str, list[bytes]] = {}  # after the rows being appended
         self._contended: dict[str, float] = {}  # tenant -> until when it is appended locked
 
-    async def append(self, tenant: str, items: list[PreparedReceipt]) -> list[StoredReceipt]:
-        """Sign and append `items` to `tenant`'s chain, in order; returns them once committed."""
-        pending = _Pending(tenant, items)
+    async def append(
+        self, tenant: str, items: list[PreparedReceipt], key: RequestKey | None = None
+    ) -> list[StoredReceipt]:
+        """Sign and append `items` to `tenant`'s chain, in order; returns them once committed.
+
+        `key` is recorded on the first receipt, in the same statement (see `RequestKey`)."""
+        pending = _Pending(tenant, items, key)
         self._queue.append(pending)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name="pql-chain-writer")
@@ -242,7 +247,8 @@ class ChainWriter:
             pending.signed = []  # signing again starts over
             pending.refused = None
             start, first_row, start_frontier = previous, len(rows), frontier
-            for item in pending.items:
+            for position, item in enumerate(pending.items):
+                key = pending.key if position == 0 else None  # on the request's first receipt
                 statement = build_receipt(item.body, previous, subjects=item.subjects)
                 signed = sign_receipt(statement, self._signer)
                 index = signed.link.sequence - 1
@@ -262,6 +268,9 @@ class ChainWriter:
                     client_key_id=item.client_key_id,
                     recorded_at=recorded,
                     log_nodes=b"".join(nodes),
+                    idempotency_key=None if key is None else key.key,
+                    request_sha256=None if key is None else key.request_sha256,
+                    request_count=None if key is None else len(pending.items),
                 )
                 rows.append(row)
                 pending.signed.append(StoredReceipt(row, statement, Verification()))

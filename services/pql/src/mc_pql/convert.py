@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import TypeAdapter, ValidationError
 
 from mc.pql.v1 import provenance_pb2 as pb
+from mc.pql.v1 import provenance_service_pb2 as svc
 from mc_common.errors import FieldViolation, InvalidArgument
 from mc_common.receipts import (
     ReceiptBody,
@@ -21,6 +24,7 @@ from mc_common.receipts import (
 from mc_pql.models import (
     DecisionRecord,
     ExecutionRecord,
+    RequestKey,
     SigningKeyRecord,
     StoredReceipt,
     Verification,
@@ -58,6 +62,26 @@ def _violations(prefix: str, exc: ValidationError) -> list[FieldViolation]:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts if p != "")
         out.append(FieldViolation(f"{prefix}{path}".replace("..", "."), err["msg"]))
     return out
+
+
+def request_key(request: svc.RecordReceiptRequest | svc.RecordReceiptsRequest) -> RequestKey | None:
+    """The request's idempotency key and the digest of the request without it (None: no key).
+
+    Keys belong on the batch: one on an item of a RecordReceiptsRequest is INVALID_ARGUMENT.
+    """
+    if isinstance(request, svc.RecordReceiptsRequest):
+        for index, item in enumerate(request.receipts):
+            if item.idempotency_key:
+                raise InvalidArgument.field(
+                    f"receipts[{index}].idempotency_key", "set the key on the batch"
+                )
+    if not request.idempotency_key:
+        return None
+    unkeyed: Message = type(request)()
+    unkeyed.CopyFrom(request)  # type: ignore[arg-type]  # same type, but mypy cannot see it
+    unkeyed.ClearField("idempotency_key")
+    digest = hashlib.sha256(unkeyed.SerializeToString(deterministic=True)).hexdigest()
+    return RequestKey(request.idempotency_key, digest)
 
 
 def content_to_submission(

@@ -57,6 +57,18 @@ class ReceiptRow:
     client_key_id: str | None
     recorded_at: datetime
     log_nodes: bytes = b""  # the Merkle nodes this leaf completes (set when appending)
+    # Set on the first receipt a keyed RecordReceipt(s) request recorded (see `RequestKey`).
+    idempotency_key: str | None = None
+    request_sha256: str | None = None
+    request_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKey:
+    """A write's idempotency key and the digest of the request it came with."""
+
+    key: str
+    request_sha256: str
 
 
 @dataclass(frozen=True, slots=True)

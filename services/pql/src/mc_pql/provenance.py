@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import psycopg
+
 from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import (
     AlreadyExists,
@@ -60,6 +62,7 @@ from mc_pql.models import (
     ExecutionRecord,
     Failure,
     ReceiptRow,
+    RequestKey,
     SigningKeyRecord,
     StoredReceipt,
     Verification,
@@ -240,13 +243,46 @@ class Provenance:
     # -- receipts: write path ----------------------------------------------------------------
 
     async def record_receipts(
-        self, tenant: str, submissions: Sequence[Submission]
+        self, tenant: str, submissions: Sequence[Submission], key: RequestKey | None = None
     ) -> list[StoredReceipt]:
         """Verify, sign and chain `submissions` atomically, in order; returns them as stored.
 
         Concurrent calls are group-committed: one transaction appends every receipt waiting at
         that moment, for every tenant, so throughput does not collapse to one commit per call.
+        With `key`, a request the tenant already made with that key returns the receipts it
+        recorded then (the key is stored with them, in the same statement: ADR 0034).
         """
+        if key is not None:
+            replayed = await self._replay(tenant, key)
+            if replayed is not None:
+                return replayed
+        try:
+            return await self._record(tenant, submissions, key)
+        except psycopg.errors.UniqueViolation:
+            # Another call with the same key (another replica, or a concurrent retry) won.
+            replayed = None if key is None else await self._replay(tenant, key)
+            if replayed is None:
+                raise
+            return replayed
+
+    async def _replay(self, tenant: str, key: RequestKey) -> list[StoredReceipt] | None:
+        found = await self._store.find_request(tenant, key.key)
+        if found is None:
+            return None
+        request_sha256, first, count = found
+        if request_sha256 != key.request_sha256:
+            raise AlreadyExists(
+                f"idempotency key {key.key!r} was already used for another request",
+                reason=ErrorReason.ERROR_REASON_IDEMPOTENCY_KEY_REUSED,
+                metadata={"idempotency_key": key.key},
+            )
+        rows = await self._store.list_receipts(tenant, first - 1, count)
+        keyring = await self._tenant_keyring(tenant)
+        return [self._verified(row, keyring) for row in rows]
+
+    async def _record(
+        self, tenant: str, submissions: Sequence[Submission], key: RequestKey | None
+    ) -> list[StoredReceipt]:
         keyring = KeyRing()
         if any(isinstance(item, SignedSubmission) for item in submissions):
             keyring = await self._tenant_keyring(tenant, include_revoked=False)
@@ -254,7 +290,7 @@ class Provenance:
             self._prepare(tenant, index, len(submissions), item, keyring)
             for index, item in enumerate(submissions)
         ]
-        return await self._writer.append(tenant, prepared)
+        return await self._writer.append(tenant, prepared, key)
 
     def _prepare(
         self, tenant: str, index: int, count: int, item: Submission, keyring: KeyRing

@@ -61,7 +61,9 @@ class ProvenanceServicer(svc_grpc.ProvenanceServiceServicer):
         self, request: svc.RecordReceiptRequest, context: Ctx
     ) -> svc.RecordReceiptResponse:
         tenant = require_tenant()
-        [stored] = await self._p.record_receipts(tenant, [_submission(tenant, request, "")])
+        [stored] = await self._p.record_receipts(
+            tenant, [_submission(tenant, request, "")], convert.request_key(request)
+        )
         return svc.RecordReceiptResponse(
             receipt=convert.receipt_to_proto(stored, _signed_from(request))
         )
@@ -73,7 +75,7 @@ class ProvenanceServicer(svc_grpc.ProvenanceServiceServicer):
         submissions = [
             _submission(tenant, item, f"receipts[{i}].") for i, item in enumerate(request.receipts)
         ]
-        stored = await self._p.record_receipts(tenant, submissions)
+        stored = await self._p.record_receipts(tenant, submissions, convert.request_key(request))
         return svc.RecordReceiptsResponse(
             receipts=[
                 convert.receipt_to_proto(s, _signed_from(item))

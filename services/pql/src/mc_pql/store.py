@@ -196,6 +196,17 @@ class ProvenanceStore:
             await cur.execute(query, params)
             return [_receipt(r) for r in await cur.fetchall()]
 
+    async def find_request(self, tenant: str, key: str) -> tuple[str, int, int] | None:
+        """(request digest, first sequence, receipt count) of the tenant's request `key`."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT request_sha256, sequence, request_count FROM receipts "
+                "WHERE tenant = %s AND idempotency_key = %s",
+                (tenant, key),
+            )
+            row = await cur.fetchone()
+            return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
+
     # -- policy decisions --------------------------------------------------------------------
 
     @staticmethod

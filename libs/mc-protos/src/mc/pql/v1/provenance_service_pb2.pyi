@@ -177,8 +177,15 @@ class RecordReceiptRequest(_message.Message):
 
     CONTENT_FIELD_NUMBER: _builtins.int
     SIGNED_ENVELOPE_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     signed_envelope: _builtins.bytes
     """signed_envelope is a DSSE envelope (JSON) signed by a key registered for the tenant."""
+    idempotency_key: _builtins.str
+    """idempotency_key makes a retry safe: a request with a key already used by the tenant returns
+    the receipt recorded the first time, never a second one (an identical request is required;
+    another request with the same key is ALREADY_EXISTS). NOTE: inside a RecordReceiptsRequest
+    set the key on the batch, not on its items.
+    """
     @_builtins.property
     def content(self) -> _provenance_pb2.ReceiptContent:
         """content is the receipt content; the service signs it with its own key."""
@@ -188,10 +195,11 @@ class RecordReceiptRequest(_message.Message):
         *,
         content: _provenance_pb2.ReceiptContent | None = ...,
         signed_envelope: _builtins.bytes = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "receipt", b"receipt", "signed_envelope", b"signed_envelope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "receipt", b"receipt", "signed_envelope", b"signed_envelope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "idempotency_key", b"idempotency_key", "receipt", b"receipt", "signed_envelope", b"signed_envelope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_receipt: _TypeAlias = _typing.Literal["content", "signed_envelope"]  # noqa: Y015
     _WhichOneofArgType_receipt: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
@@ -230,6 +238,11 @@ class RecordReceiptsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RECEIPTS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """idempotency_key makes a retry safe: a batch with a key already used by the tenant returns
+    the receipts recorded the first time, never a second set (see RecordReceiptRequest).
+    """
     @_builtins.property
     def receipts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordReceiptRequest]:
         """receipts are recorded in order, consecutive in the tenant's chain."""
@@ -238,10 +251,11 @@ class RecordReceiptsRequest(_message.Message):
         self,
         *,
         receipts: _abc.Iterable[Global___RecordReceiptRequest] | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipts", b"receipts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "receipts", b"receipts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
