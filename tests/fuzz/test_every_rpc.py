@@ -40,7 +40,8 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from maestro_cli.fleet import Fleet, select_services
+from maestro_cli import fleet as fleet_module
+from maestro_cli.fleet import Fleet, dev_identity, select_services
 from mc_common.testing import infra
 from mc_common.testing.fuzz import messages, mutated
 
@@ -56,8 +57,7 @@ BACKGROUND = frozenset(
         "schema_migrations",  # written by start-up only
         "processed_events",  # the decisions consumer (events from edge-policy)
         "policy_decisions",  # idem: decisions arrive from edge-policy's evaluations
-        "checkpoints",  # the receipt log signs checkpoints on a timer
-        "receipt_checkpoints",
+        "log_checkpoints",  # the receipt log signs checkpoints on a timer
     }
 )
 NEVER = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
@@ -70,6 +70,11 @@ class Rpc:
     service: str
     address: str
     method: MethodDescriptor
+    data_dir: Path
+
+    def channel(self) -> grpc.Channel:
+        """A channel with the dev fleet's CLI identity (mTLS, SPIFFE; plaintext in dev mode)."""
+        return dev_identity(self.data_dir).sync_channel(self.address, server=self.service)
 
     @property
     def path(self) -> str:
@@ -100,6 +105,10 @@ def fleet(
     os.environ.update(env)
     data_dir: Path = tmp_path_factory.mktemp("fuzz-fleet")
     running = Fleet(data_dir)
+    # Any free ports: other fleets on this machine may hold the declared ones, and probing a
+    # declared port before binding it races with them.
+    patch = pytest.MonkeyPatch()
+    patch.setattr(fleet_module, "_port_or_free", lambda preferred: infra.free_port())
     try:
         running.selected = select_services()
         running.start_infra()
@@ -108,6 +117,7 @@ def fleet(
         yield running, infra.database_dsn(pg_admin_dsn, database), prefix
     finally:
         running.stop()
+        patch.undo()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -126,7 +136,8 @@ def discover(fleet: Fleet) -> list[Rpc]:
     """Every RPC each running service serves, from its own reflection service."""
     found: list[Rpc] = []
     for service in fleet.services:
-        with grpc.insecure_channel(service.address) as channel:
+        identity = dev_identity(fleet.data_dir)
+        with identity.sync_channel(service.address, server=service.definition.name) as channel:
             database = ProtoReflectionDescriptorDatabase(channel)
             pool = DescriptorPool(database)
             for name in database.get_services():
@@ -134,7 +145,7 @@ def discover(fleet: Fleet) -> list[Rpc]:
                     continue
                 descriptor = pool.FindServiceByName(name)
                 found += [
-                    Rpc(service.definition.name, service.address, method)
+                    Rpc(service.definition.name, service.address, method, fleet.data_dir)
                     for method in descriptor.methods
                 ]
     return found
@@ -234,7 +245,7 @@ def fuzz_rpc(rpc: Rpc, snapshot: Snapshot, failures: list[str], codes: Counter[s
     input_type = rpc.method.input_type
     generated = messages(input_type).map(lambda m: m.SerializeToString())
     payloads = st.one_of(generated, generated.flatmap(mutated))
-    channel = grpc.insecure_channel(rpc.address)
+    channel = rpc.channel()
     state = {"rows": snapshot.rows(), "keys": snapshot.keys()}
 
     @settings(
