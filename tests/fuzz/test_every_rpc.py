@@ -40,15 +40,13 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from maestro_cli import fleet as fleet_module
-from maestro_cli.fleet import Fleet, dev_identity, select_services
+from maestro_cli.fleet import Fleet, dev_identity
 from mc_common.testing import infra
 from mc_common.testing.fuzz import messages, mutated
 
 EXAMPLES = int(os.environ.get("MC_FUZZ_EXAMPLES", "12"))
 SEED = int(os.environ.get("MC_FUZZ_SEED", "0"))
 CALL_TIMEOUT_S = 5.0
-STARTUP_TIMEOUT_S = 180.0
 STREAM_TIMEOUT_S = 2.0
 STREAM_MAX_ITEMS = 50
 INFRASTRUCTURE = ("grpc.",)  # health and reflection: hosted, not ours
@@ -104,20 +102,11 @@ def fleet(
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     data_dir: Path = tmp_path_factory.mktemp("fuzz-fleet")
-    running = Fleet(data_dir)
-    # Any free ports: other fleets on this machine may hold the declared ones, and probing a
-    # declared port before binding it races with them.
-    patch = pytest.MonkeyPatch()
-    patch.setattr(fleet_module, "_port_or_free", lambda preferred: infra.free_port())
     try:
-        running.selected = select_services()
-        running.start_infra()
-        running.start_services()
-        running.wait_healthy(timeout=STARTUP_TIMEOUT_S)  # a loaded CI machine starts slowly
-        yield running, infra.database_dsn(pg_admin_dsn, database), prefix
+        # Any free ports: other fleets on this machine may hold the declared ones.
+        with Fleet(data_dir, any_ports=True).running() as running:
+            yield running, infra.database_dsn(pg_admin_dsn, database), prefix
     finally:
-        running.stop()
-        patch.undo()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
