@@ -240,10 +240,6 @@ def test_replaces_unlimited_and_banned_across_a_requests_descriptors() -> None:
         ),
         ("descriptors: []\n", [("f.yaml:1", "domain is required")]),
         (
-            "domain: d\ndescriptors: [\n",
-            [("f.yaml:3", "not valid YAML: expected the node content, but found '<stream end>'")],
-        ),
-        (
             "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: second\n"
             "      mc: {algorithm: gcra, multi_region: true}\n",
             [("f.yaml:6", "multi_region needs the sliding_window algorithm")],
@@ -258,6 +254,11 @@ def test_invalid_files_name_the_file_line_and_reason(
     source: str, expected: list[tuple[str, str]]
 ) -> None:
     assert errors(source) == expected
+
+
+def test_yaml_syntax_errors_name_the_line() -> None:
+    [(where, reason)] = errors("domain: d\ndescriptors: [\n")
+    assert where == "f.yaml:3" and reason.startswith("not valid YAML: ")
 
 
 def test_load_paths_reads_directories_and_refuses_a_domain_twice(tmp_path: Path) -> None:
@@ -335,3 +336,17 @@ def test_dev_up_applies_the_rules_directory_when_there_is_one(tmp_path: Path) ->
     assert "RULE_FILES" not in dev_env(context)
     (tmp_path / DEV_RULES_DIR).mkdir()
     assert dev_env(context)["RULE_FILES"] == str(tmp_path / DEV_RULES_DIR)
+
+
+def test_hostile_files_cost_bounded_work() -> None:
+    from mc_limiter.envoy_config import MAX_ERRORS
+
+    unknown = "domain: d\n" + "".join(f"k{i}: 1\n" for i in range(1_000))
+    assert len(errors(unknown)) == MAX_ERRORS
+    names = "".join(f"  - {{name: n{i}}}\n" for i in range(10_000))
+    aliased = f"domain: d\nx: &names\n{names}descriptors:\n" + "".join(
+        f"  - key: k{i}\n    rate_limit: {{unit: second, replaces: *names}}\n" for i in range(2_000)
+    )
+    found = errors(aliased)
+    assert found[0] == ("f.yaml:2", "unknown key 'x' in the file")
+    assert all("replaces lists at most" in reason for _, reason in found[1:])
