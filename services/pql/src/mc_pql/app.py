@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from mc_common.db import Pool, create_pool, migrate
 from mc_common.events.consumer import EventConsumer
 from mc_common.events.idempotency import ProcessedEvents
 from mc_common.events.publisher import EventPublisher, OutgoingEvent
+from mc_common.periodic import Periodic
 from mc_common.receipts.note import NoteSigner
 from mc_common.server import ServiceSpec
 from mc_common.signing import KeyRing, PemSigner, PublicKey
@@ -59,7 +61,7 @@ class PqlApp:
     trusted_keys: list[PublicKey]
     consumer: EventConsumer | None = None
     consumer_task: asyncio.Task[None] | None = None
-    purge_task: asyncio.Task[None] | None = None
+    purge: Periodic | None = None
     publisher: EventPublisher | None = None
 
     @classmethod
@@ -146,9 +148,12 @@ class PqlApp:
                 security=settings.kafka_security(),
             )
             app.consumer_task = asyncio.create_task(app.consumer.run(), name="pql-decisions")
-            app.purge_task = asyncio.create_task(
-                purge_processed_events(processed, settings), name="pql-purge-processed-events"
+            app.purge = Periodic(
+                "pql-purge-processed-events",
+                settings.processed_events_purge_interval_s,
+                functools.partial(purge_processed_events, processed, settings),
             )
+            app.purge.start()
         return app
 
     def spec(self) -> ServiceSpec:
@@ -170,10 +175,8 @@ class PqlApp:
         )
 
     async def close(self) -> None:
-        if self.purge_task is not None:
-            self.purge_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.purge_task
+        if self.purge is not None:
+            await self.purge.stop()
         if self.consumer is not None:
             await self.consumer.stop()
         if self.consumer_task is not None:
@@ -294,12 +297,5 @@ async def grant_runtime_role(pool: Pool, schema: str, role: str) -> None:
 
 
 async def purge_processed_events(processed: ProcessedEvents, settings: PqlSettings) -> None:
-    """Forget processed event ids older than the retention, every `purge_interval_s`."""
-    while True:
-        await asyncio.sleep(settings.processed_events_purge_interval_s)
-        try:
-            await processed.purge_older_than(
-                timedelta(seconds=settings.processed_events_retention_s)
-            )
-        except Exception:  # logged; the next round tries again
-            log.exception("purging processed events failed")
+    """Forget processed event ids older than the retention (run every `purge_interval_s`)."""
+    await processed.purge_older_than(timedelta(seconds=settings.processed_events_retention_s))
