@@ -39,7 +39,7 @@ from google.protobuf import struct_pb2
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import closed_loop, free_port, percentile, start_child, start_echo
+from common import Channels, closed_loop, free_port, percentile, start_child, start_echo
 
 from mc.policy.v1 import policy_service_pb2 as svc
 from mc.policy.v1 import policy_service_pb2_grpc as svc_grpc
@@ -134,7 +134,9 @@ def cold_start(cache: Path, keyring: KeyRing, runs: int = 7) -> None:
     )
 
 
-async def rpc(seconds: float, workdir: Path, bundle: bytes, key: SigningKey) -> None:
+async def rpc(
+    seconds: float, workdir: Path, bundle: bytes, key: SigningKey, workers: int = 1
+) -> None:
     keys = workdir / "keys.json"
     keys.write_text(keyring_json([{"kid": key.key_id, "pem": key.public_pem().decode()}]))
     (workdir / "bundle.tar.gz").write_bytes(bundle)
@@ -145,6 +147,7 @@ async def rpc(seconds: float, workdir: Path, bundle: bytes, key: SigningKey) -> 
         "MC_EDGE_POLICY_TRUSTED_KEYS_FILE": str(keys),
         "MC_EDGE_POLICY_BUNDLE_FILE": str(workdir / "bundle.tar.gz"),
         "MC_EDGE_POLICY_LOG_LEVEL": "WARNING",
+        "MC_EDGE_POLICY_WORKERS": str(workers),
     }
     service = await start_child(
         [sys.executable, "-m", "mc_edge_policy.main"], env, port, workdir / "svc.log"
@@ -160,18 +163,18 @@ async def rpc(seconds: float, workdir: Path, bundle: bytes, key: SigningKey) -> 
     metadata = (("x-mc-tenant", "acme"),)
     try:
         async with (
-            grpc.aio.insecure_channel(service.address) as s_chan,
+            Channels(service.address, 8) as s_chans,  # connections spread over the workers
             grpc.aio.insecure_channel(echo.address) as e_chan,
         ):
-            stub = svc_grpc.PolicyServiceStub(s_chan)
+            stubs = [svc_grpc.PolicyServiceStub(c) for c in s_chans]
             echo_call = e_chan.unary_unary(
                 "/bench.Echo/Echo",
                 request_serializer=svc.EvaluateRequest.SerializeToString,
                 response_deserializer=svc.EvaluateResponse.FromString,
             )
 
-            async def evaluate(_: int) -> int:
-                await stub.Evaluate(request, metadata=metadata)
+            async def evaluate(seq: int) -> int:
+                await stubs[seq % len(stubs)].Evaluate(request, metadata=metadata)
                 return 1
 
             async def echo_one(_: int) -> int:
@@ -180,8 +183,8 @@ async def rpc(seconds: float, workdir: Path, bundle: bytes, key: SigningKey) -> 
 
             ratios = []
             print(
-                "\n2. Evaluate RPC throughput vs a bare gRPC echo (same request type), "
-                "alternating rounds, 32 concurrent callers"
+                f"\n2. Evaluate RPC throughput ({workers} server process(es)) vs a bare gRPC "
+                "echo (one process, same request type), alternating rounds, 32 concurrent callers"
             )
             for index in range(3):
                 e = await closed_loop(
@@ -339,6 +342,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=2, help="also measure N processes")
     args = parser.parse_args()
     key = SigningKey.generate("bench")
     keyring = KeyRing([key.verification_key()])
@@ -350,6 +354,8 @@ def main() -> None:
         pdp.activate(built.archive)
         in_process(pdp, args.iterations)
         asyncio.run(rpc(args.seconds, workdir, built.archive, key))
+        if args.workers > 1:
+            asyncio.run(rpc(args.seconds, workdir, built.archive, key, workers=args.workers))
         cold_start(workdir / "cache", keyring)
         versions = [
             build_bundle(seed_policy_sources(), key=key, verify_with=keyring, version=v, now=now)

@@ -225,3 +225,13 @@ def test_signing_key_rotation_without_downtime(tmp_path: Path) -> None:
         pdp.activate(late.archive)
     assert raised.value.kind is RejectionKind.SIGNATURE
     assert pdp.decide(ACME, "mc/residency", request).allow
+
+
+def test_workers_need_a_fixed_port() -> None:
+    from pydantic import ValidationError
+
+    from mc_edge_policy.settings import EdgePolicySettings
+
+    with pytest.raises(ValidationError, match="fixed grpc_port"):
+        EdgePolicySettings(workers=2)
+    assert EdgePolicySettings(workers=2, grpc_port=7304).workers == 2

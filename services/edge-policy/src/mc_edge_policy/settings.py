@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from mc_common.config import KafkaSettings
@@ -64,3 +64,15 @@ class EdgePolicySettings(KafkaSettings):
     decision_log_enqueue_timeout_s: float = Field(
         1.0, gt=0, description="How long a decision waits for queue space before UNAVAILABLE."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Server processes sharing grpc_port (SO_REUSEPORT); needs a fixed grpc_port. "
+        "Worker i serves metrics on metrics_port + i.",
+    )
+
+    @model_validator(mode="after")
+    def _workers_share_a_fixed_port(self) -> EdgePolicySettings:
+        if self.workers > 1 and self.grpc_port == 0:
+            raise ValueError("workers > 1 needs a fixed grpc_port (0 would give each its own)")
+        return self
