@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -81,20 +82,19 @@ async def server(
     await app.close()
 
 
-TRUST: list[TestTrustDomain] = []  # the session's trust domain, for the helpers below
+@dataclass(frozen=True)
+class Front:
+    """The front door's view of the limiter: its address and the trust domain's SVIDs."""
+
+    address: str
+    trust: TestTrustDomain
+
+    def channel(self) -> grpc.aio.Channel:
+        """An mTLS channel with the gateway's SVID."""
+        return self.trust.channel(self.address)
 
 
-@pytest.fixture(autouse=True)
-def _trust(mc_trust_domain: TestTrustDomain) -> None:
-    TRUST[:] = [mc_trust_domain]
-
-
-def channel(address: str) -> grpc.aio.Channel:
-    """An mTLS channel of the front door (the gateway's SVID)."""
-    return TRUST[0].channel(address)
-
-
-async def should_rate_limit(address: str, *descriptors: list[tuple[str, str]]) -> RateLimitResponse:
+async def should_rate_limit(front: Front, *descriptors: list[tuple[str, str]]) -> RateLimitResponse:
     request = RateLimitRequest(
         domain="edge",
         descriptors=[
@@ -102,18 +102,18 @@ async def should_rate_limit(address: str, *descriptors: list[tuple[str, str]]) -
             for d in descriptors
         ],
     )
-    async with channel(address) as ch:
+    async with front.channel() as ch:
         raw: bytes = await ch.unary_unary(METHOD)(bytes(request))
     return RateLimitResponse().parse(raw)
 
 
-async def codes(address: str, *descriptors: list[tuple[str, str]]) -> list[RateLimitResponseCode]:
-    reply = await should_rate_limit(address, *descriptors)
+async def codes(front: Front, *descriptors: list[tuple[str, str]]) -> list[RateLimitResponseCode]:
+    reply = await should_rate_limit(front, *descriptors)
     return [s.code for s in reply.statuses]
 
 
 async def test_cli_diffs_then_applies_and_envoy_semantics_decide(
-    server: tuple[LimiterApp, RunningServer], tmp_path: Path
+    server: tuple[LimiterApp, RunningServer], tmp_path: Path, mc_trust_domain: TestTrustDomain
 ) -> None:
     _, running = server
     rules = tmp_path / "edge.yaml"
@@ -121,7 +121,7 @@ async def test_cli_diffs_then_applies_and_envoy_semantics_decide(
     out, again = io.StringIO(), io.StringIO()
 
     def cli() -> list[int]:  # the CLI's blocking client, off this test's event loop
-        with TRUST[0].sync_channel(running.address) as sync:
+        with mc_trust_domain.sync_channel(running.address) as sync:
             return [
                 apply_rule_files(sync, [str(rules)], dry_run=True, out=out),
                 apply_rule_files(sync, [str(rules)], out=out),
@@ -131,7 +131,7 @@ async def test_cli_diffs_then_applies_and_envoy_semantics_decide(
     assert await asyncio.to_thread(cli) == [EXIT_REFUSED, EXIT_OK, EXIT_OK]
     assert "6 added" in out.getvalue() and "applied: revision 1" in out.getvalue()
     assert "no changes" in again.getvalue()
-    addr = running.address
+    addr = Front(running.address, mc_trust_domain)
     ip = [("remote_address", "10.0.0.1")]
     assert await codes(addr, ip) == [OK]
     assert await codes(addr, ip) == [OK]
@@ -152,10 +152,10 @@ async def test_cli_diffs_then_applies_and_envoy_semantics_decide(
 
 
 async def test_invalid_files_are_refused_with_file_and_line(
-    server: tuple[LimiterApp, RunningServer],
+    server: tuple[LimiterApp, RunningServer], mc_trust_domain: TestTrustDomain
 ) -> None:
     _, running = server
-    async with channel(running.address) as ch:
+    async with Front(running.address, mc_trust_domain).channel() as ch:
         stub = svc_grpc.LimiterServiceStub(ch)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.PutDomainConfig(
@@ -187,7 +187,7 @@ async def test_invalid_files_are_refused_with_file_and_line(
 
 
 async def test_files_applied_at_start_replace_the_domain_and_reach_other_replicas(
-    server: tuple[LimiterApp, RunningServer], tmp_path: Path
+    server: tuple[LimiterApp, RunningServer], tmp_path: Path, mc_trust_domain: TestTrustDomain
 ) -> None:
     app, running = server
     (tmp_path / "edge.yaml").write_text(EDGE)
@@ -199,10 +199,12 @@ async def test_files_applied_at_start_replace_the_domain_and_reach_other_replica
     # A changed file replaces the domain: the removed node's rule goes with it.
     (tmp_path / "edge.yaml").write_text(EDGE.split("  - key: path\n    value: /api/*")[0])
     await apply_at_start(app.limiter, [str(tmp_path)])
-    assert await codes(running.address, [("path", "/api/a")]) == [OK]
-    assert await codes(running.address, [("path", "/api/a")]) == [OK]  # no limit any more
+    assert await codes(Front(running.address, mc_trust_domain), [("path", "/api/a")]) == [OK]
+    assert await codes(Front(running.address, mc_trust_domain), [("path", "/api/a")]) == [
+        OK
+    ]  # no limit any more
     assert len((await app.limiter.list_rules(page_size=100)).rules) == 1
-    async with channel(running.address) as ch:
+    async with Front(running.address, mc_trust_domain).channel() as ch:
         stub = svc_grpc.LimiterServiceStub(ch)
         got = await stub.GetDomainConfig(
             svc.GetDomainConfigRequest(domain="edge"), metadata=OPERATOR
