@@ -24,13 +24,22 @@ from fnmatch import translate
 from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from validate import validate_pb2
 
+from mc.limiter.v1 import limiter_pb2
 from mc_common.errors import FieldViolation, InvalidArgument
 
-MAX_WINDOW_MS = 400 * 24 * 3600 * 1000
+
+def _proto_rules(message: Any, field: str) -> Any:
+    """The PGV rules the API declares for `message.field`: request bounds live in the protos,
+    and rules that do not come through the API (rules files) get the same ones."""
+    return message.DESCRIPTOR.fields_by_name[field].GetOptions().Extensions[validate_pb2.rules]
+
+
+MAX_WINDOW_MS = int(_proto_rules(limiter_pb2.Limit, "window_ms").uint64.lte)
 MAX_LIMIT = 1_000_000_000
-MAX_SUB_WINDOWS = 60
-MAX_LIMITS_PER_RULE = 16
+MAX_SUB_WINDOWS = int(_proto_rules(limiter_pb2.Limit, "sub_windows").uint32.lte)
+MAX_LIMITS_PER_RULE = int(_proto_rules(limiter_pb2.Rule, "limits").repeated.max_items)
 
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 RuleId = Annotated[str, Field(pattern=_NAME_PATTERN)]
