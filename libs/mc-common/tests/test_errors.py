@@ -33,7 +33,11 @@ def test_each_error_class_defaults_to_its_codes_declared_reason(cls: type[errors
     name = ErrorReason.Name(cls.default_reason)
 
     assert name.startswith("ERROR_REASON_")
-    if cls is not errors.ResourceExhausted:  # RATE_LIMITED says more than the code's name
+    # RATE_LIMITED and FIELD_VIOLATION say more than the code's name; the other defaults are
+    # fallbacks that raise sites replace (tests/repo/test_error_reasons.py).
+    if cls is errors.InvalidArgument:
+        assert name == "ERROR_REASON_FIELD_VIOLATION"
+    elif cls is not errors.ResourceExhausted:
         assert name == f"ERROR_REASON_{cls.grpc_code.name}"
 
 
@@ -63,3 +67,13 @@ def test_reasons_follow_aip_193_shape() -> None:
     for name in ErrorReason.DESCRIPTOR.values_by_name:
         assert len(name) <= 63
         assert name.replace("_", "").isalnum() and name.isupper()
+
+
+def test_a_precondition_failure_always_lists_a_violation() -> None:
+    error = errors.FailedPrecondition(
+        "request is queued", reason=ErrorReason.ERROR_REASON_SLOT_REQUEST_QUEUED
+    )
+    [failure] = [d for d in error.details() if isinstance(d, error_details_pb2.PreconditionFailure)]
+    assert [(v.type, v.description) for v in failure.violations] == [
+        ("SLOT_REQUEST_QUEUED", "request is queued")
+    ]

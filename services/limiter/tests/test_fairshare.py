@@ -596,7 +596,7 @@ async def test_unknown_requests_are_not_found(redis_client: Redis, prefix: str) 
         with pytest.raises(NotFound) as error:
             await call("a", "missing")
         assert error.value.grpc_code is grpc.StatusCode.NOT_FOUND
-        assert error.value.reason == "ERROR_REASON_NOT_FOUND"
+        assert error.value.reason == "ERROR_REASON_SLOT_REQUEST_NOT_FOUND"
     assert (await d.release_many([("a", "missing")])).statuses == (ReleaseStatus.NOT_FOUND,)
     with pytest.raises(InvalidArgument):
         FairShareDispatcher(redis_client, key_prefix=prefix, capacity=0)

@@ -112,7 +112,8 @@ class InvalidArgument(MCError):
     """The request is malformed; `violations` name each bad field."""
 
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
-    default_reason = ErrorReason.ERROR_REASON_INVALID_ARGUMENT
+    # The proximate cause, not the code again (AIP-193): BadRequest names the fields.
+    default_reason = ErrorReason.ERROR_REASON_FIELD_VIOLATION
 
     def __init__(
         self,
@@ -126,9 +127,11 @@ class InvalidArgument(MCError):
         self.violations: list[FieldViolation] = list(violations)
 
     @classmethod
-    def field(cls, field: str, description: str) -> InvalidArgument:
+    def field(
+        cls, field: str, description: str, *, reason: Reason | None = None
+    ) -> InvalidArgument:
         """An error about one field, with the description as its message."""
-        return cls(f"{field}: {description}", [FieldViolation(field, description)])
+        return cls(f"{field}: {description}", [FieldViolation(field, description)], reason=reason)
 
     def details(self) -> list[Message]:
         bad = error_details_pb2.BadRequest(
@@ -186,6 +189,9 @@ class FailedPrecondition(MCError):
     ) -> None:
         super().__init__(message, reason=reason, metadata=metadata)
         self.violations = list(violations)
+        if not self.violations:  # PreconditionFailure always lists what failed
+            kind = self.reason.removeprefix("ERROR_REASON_")
+            self.violations = [PreconditionViolation(kind, "", message)]
 
     def details(self) -> list[Message]:
         failure = error_details_pb2.PreconditionFailure(

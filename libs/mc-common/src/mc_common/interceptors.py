@@ -20,6 +20,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError, Message
 
 from mc.common.v1 import options_pb2
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common import tracecontext
 from mc_common.errors import ERROR_DOMAIN, InvalidArgument, MCError
 from mc_common.identity.authz import PeerPolicy
@@ -243,7 +244,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             code = grpc.StatusCode.OK
             try:
                 if type(request) is _Undecodable:
-                    raise InvalidArgument(f"request is not a valid message: {request.error}")
+                    raise InvalidArgument(
+                        f"request is not a valid message: {request.error}",
+                        reason=ErrorReason.ERROR_REASON_REQUEST_UNDECODABLE,
+                    )
                 bind(context)
                 _validate(request)
                 return await behavior(request, context)
@@ -274,7 +278,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             sent = 0
             try:
                 if type(request) is _Undecodable:
-                    raise InvalidArgument(f"request is not a valid message: {request.error}")
+                    raise InvalidArgument(
+                        f"request is not a valid message: {request.error}",
+                        reason=ErrorReason.ERROR_REASON_REQUEST_UNDECODABLE,
+                    )
                 bind(context)
                 _validate(request)
                 async for item in behavior(request, context):
@@ -316,7 +323,9 @@ def _log_access(
 
 def _validate(request: Any) -> None:
     if not isinstance(request, Message):
-        raise InvalidArgument("request is not a protobuf message")
+        raise InvalidArgument(
+            "request is not a protobuf message", reason=ErrorReason.ERROR_REASON_REQUEST_UNDECODABLE
+        )
     validate_request(request)
 
 

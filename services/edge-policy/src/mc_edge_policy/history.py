@@ -8,6 +8,7 @@ from typing import Protocol
 
 import grpc
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc.pql.v1 import provenance_service_pb2 as pql_svc
 from mc.pql.v1 import provenance_service_pb2_grpc as pql_grpc
 from mc_common.errors import InvalidArgument, Unavailable
@@ -39,7 +40,10 @@ class NoDecisionHistory:
     async def for_execution(
         self, tenant: str, execution_id: str, page_size: int, page_token: str
     ) -> tuple[list[RecordedDecision], str]:
-        raise Unavailable("no provenance store is configured (MC_EDGE_POLICY_PQL_ADDRESS)")
+        raise Unavailable(
+            "no provenance store is configured (MC_EDGE_POLICY_PQL_ADDRESS)",
+            reason=ErrorReason.ERROR_REASON_PROVENANCE_UNAVAILABLE,
+        )
 
 
 class PqlDecisionHistory:
@@ -63,7 +67,10 @@ class PqlDecisionHistory:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument.field("page_token", exc.details() or "invalid") from exc
-            raise Unavailable(f"the provenance store did not answer: {exc.code().name}") from exc
+            raise Unavailable(
+                f"the provenance store did not answer: {exc.code().name}",
+                reason=ErrorReason.ERROR_REASON_PROVENANCE_UNAVAILABLE,
+            ) from exc
         return [
             RecordedDecision(
                 d.decision_id,

@@ -67,7 +67,7 @@ class DoorLimiter:
             if self._fail_open:
                 return Decision(True)
             raise Unavailable(
-                "rate limiting is unavailable", reason=ErrorReason.ERROR_REASON_UNAVAILABLE
+                "rate limiting is unavailable", reason=ErrorReason.ERROR_REASON_LIMITER_UNAVAILABLE
             ) from None
         return _decision(reply)
 

@@ -92,7 +92,10 @@ class Door:
                 "this API is for operators", reason=ErrorReason.ERROR_REASON_OPERATOR_REQUIRED
             )
         if rpc.access != ACCESS_OPERATOR and identity.tenant is None:
-            raise PermissionDenied("this API acts for a tenant; the caller has none")
+            raise PermissionDenied(
+                "this API acts for a tenant; the caller has none",
+                reason=ErrorReason.ERROR_REASON_TENANT_REQUIRED,
+            )
         if self.limiter is not None:
             decision = await self.limiter.check(identity)
             headers.update(decision.headers)
@@ -179,7 +182,7 @@ def _scope_to_tenant(message: Message, identity: Identity) -> None:
     if not value:
         setattr(message, TENANT_FIELD, identity.tenant)
     elif value != identity.tenant:
-        raise NotFound("not found")
+        raise NotFound("not found", reason=ErrorReason.ERROR_REASON_ROUTE_NOT_FOUND)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

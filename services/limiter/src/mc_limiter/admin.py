@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import InvalidArgument, NotFound, Unavailable
 from mc_common.pagetokens import PageTokens
 from mc_limiter.audit import AuditEvent, AuditSink
@@ -85,7 +86,10 @@ class Administration:
         try:
             snapshot = await self.store.load()
         except SHARD_UNAVAILABLE_ERRORS as exc:
-            raise Unavailable(f"limiter config store unreachable: {exc!r}") from exc
+            raise Unavailable(
+                f"limiter config store unreachable: {exc!r}",
+                reason=ErrorReason.ERROR_REASON_LIMITER_STORE_UNAVAILABLE,
+            ) from exc
         self._planner.apply(snapshot)
         self._set_stale(False)
         self._save_soon()
@@ -159,7 +163,10 @@ class Administration:
                     forgets.append(self._apply(snapshot, changes))
                     await asyncio.sleep(0)  # between batches of changes
         except SHARD_UNAVAILABLE_ERRORS as exc:
-            raise Unavailable(f"limiter config store unreachable: {exc!r}") from exc
+            raise Unavailable(
+                f"limiter config store unreachable: {exc!r}",
+                reason=ErrorReason.ERROR_REASON_LIMITER_STORE_UNAVAILABLE,
+            ) from exc
         if forgets:
             self._save_soon()
         for forget in forgets:
@@ -335,7 +342,10 @@ class Administration:
     async def get_domain(self, name: str) -> StoredDomain:
         stored = await _admin(self.store.get_domain(name))
         if stored is None:
-            raise NotFound(f"no declarative domain {name!r}")
+            raise NotFound(
+                f"no declarative domain {name!r}",
+                reason=ErrorReason.ERROR_REASON_RULES_DOMAIN_NOT_FOUND,
+            )
         return stored
 
     async def list_domains(self) -> list[StoredDomain]:
@@ -347,7 +357,10 @@ class Administration:
         _require_actor(actor)
         before = self._planner.snapshot.domains.get(name)
         if not await _admin(self.store.delete_domain(name)):
-            raise NotFound(f"no declarative domain {name!r}")
+            raise NotFound(
+                f"no declarative domain {name!r}",
+                reason=ErrorReason.ERROR_REASON_RULES_DOMAIN_NOT_FOUND,
+            )
         await self._audit_event(
             "limiter.domain.delete",
             actor,
@@ -412,7 +425,10 @@ async def _admin(call: Awaitable[_T]) -> _T:
     try:
         return await call
     except SHARD_UNAVAILABLE_ERRORS as exc:
-        raise Unavailable(f"limiter config store unreachable: {exc!r}") from exc
+        raise Unavailable(
+            f"limiter config store unreachable: {exc!r}",
+            reason=ErrorReason.ERROR_REASON_LIMITER_STORE_UNAVAILABLE,
+        ) from exc
 
 
 def _affected(matchers: list[Matcher], tenants: set[str]) -> Callable[[str, str, str], bool]:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 
+from mc.common.v1.error_reason_pb2 import ErrorReason
 from mc_common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from mc_limiter import fairshare_lua
 from mc_limiter.errors import LeaseExpiredError
@@ -223,7 +224,10 @@ def _ticket(tenant: str, request_id: str, state: str, value: Any) -> Ticket:
         return Ticket(tenant, request_id, TicketState.QUEUED, queue_position=int(value))
     if state == "X":
         return Ticket(tenant, request_id, TicketState.EXPIRED)
-    raise NotFound(f"no request {request_id!r} for tenant {tenant!r}")
+    raise NotFound(
+        f"no request {request_id!r} for tenant {tenant!r}",
+        reason=ErrorReason.ERROR_REASON_SLOT_REQUEST_NOT_FOUND,
+    )
 
 
 _STATE_NAMES = {"G": TicketState.GRANTED, "Q": TicketState.QUEUED, "X": TicketState.EXPIRED}
@@ -314,7 +318,10 @@ class FairShareDispatcher:
         except (TimeoutError, RedisError, OSError) as exc:
             if isinstance(exc, ResponseError) and not isinstance(exc, BusyLoadingError):
                 raise  # a script bug, not an outage
-            raise Unavailable(f"fair-share store unavailable: {exc!r}") from exc
+            raise Unavailable(
+                f"fair-share store unavailable: {exc!r}",
+                reason=ErrorReason.ERROR_REASON_LIMITER_STORE_UNAVAILABLE,
+            ) from exc
 
     def _lease(self, lease_ms: int | None) -> int:
         if lease_ms is None:
@@ -351,9 +358,15 @@ class FairShareDispatcher:
         batch = await self.release_many([(tenant, request_id)])
         status = batch.statuses[0]
         if status is ReleaseStatus.NOT_FOUND:
-            raise NotFound(f"no request {request_id!r} for tenant {tenant!r}")
+            raise NotFound(
+                f"no request {request_id!r} for tenant {tenant!r}",
+                reason=ErrorReason.ERROR_REASON_SLOT_REQUEST_NOT_FOUND,
+            )
         if status is ReleaseStatus.QUEUED:
-            raise FailedPrecondition(f"request {request_id!r} is queued; cancel it instead")
+            raise FailedPrecondition(
+                f"request {request_id!r} is queued; cancel it instead",
+                reason=ErrorReason.ERROR_REASON_SLOT_REQUEST_QUEUED,
+            )
         return ReleaseResult(status is ReleaseStatus.RELEASED, batch.dispatched)
 
     async def release_many(self, requests: Sequence[tuple[str, str]]) -> ReleaseBatch:
@@ -369,7 +382,10 @@ class FairShareDispatcher:
         state, dispatched = await self._run(self._cancel, tenant, request_id)
         previous = _STATE_NAMES.get(_text(state))
         if previous is None:
-            raise NotFound(f"no request {request_id!r} for tenant {tenant!r}")
+            raise NotFound(
+                f"no request {request_id!r} for tenant {tenant!r}",
+                reason=ErrorReason.ERROR_REASON_SLOT_REQUEST_NOT_FOUND,
+            )
         return CancelResult(previous, _grants(dispatched))
 
     async def renew(self, tenant: str, request_id: str, *, lease_ms: int | None = None) -> Ticket:
@@ -384,7 +400,10 @@ class FairShareDispatcher:
         if ticket.state is TicketState.EXPIRED:
             raise LeaseExpiredError(f"lease of {request_id!r} for tenant {tenant!r} expired")
         if ticket.state is TicketState.QUEUED:
-            raise FailedPrecondition(f"request {request_id!r} is queued, not granted")
+            raise FailedPrecondition(
+                f"request {request_id!r} is queued, not granted",
+                reason=ErrorReason.ERROR_REASON_SLOT_REQUEST_QUEUED,
+            )
         return ticket
 
     async def poll(self, tenant: str, request_id: str) -> Ticket:

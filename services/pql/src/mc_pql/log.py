@@ -136,7 +136,9 @@ class ReceiptLog:
         """The inclusion proof of receipt `digest` in the tree of `tree_size` (0: current)."""
         index, size = await self._store.locate(tenant, digest)
         if index is None:
-            raise NotFound(f"receipt {digest} not found")
+            raise NotFound(
+                f"receipt {digest} not found", reason=ErrorReason.ERROR_REASON_RECEIPT_NOT_FOUND
+            )
         checkpoint = None
         if tree_size == 0:
             checkpoint = await self.checkpoint(tenant)

@@ -216,7 +216,10 @@ class Provenance:
     async def get_execution(self, tenant: str, execution_id: str) -> ExecutionRecord:
         found = await self._store.get_execution(tenant, execution_id)
         if found is None:
-            raise NotFound(f"execution {execution_id!r} not found")
+            raise NotFound(
+                f"execution {execution_id!r} not found",
+                reason=ErrorReason.ERROR_REASON_EXECUTION_NOT_FOUND,
+            )
         return found
 
     async def list_executions(
@@ -298,7 +301,10 @@ class Provenance:
         prefix = f"receipts[{index}]." if count > 1 else ""
         if isinstance(item, ContentSubmission):
             if item.body.tenant != tenant:
-                raise PermissionDenied("receipt content names another tenant")
+                raise PermissionDenied(
+                    "receipt content names another tenant",
+                    reason=ErrorReason.ERROR_REASON_TENANT_MISMATCH,
+                )
             return PreparedReceipt(item.body, list(item.subjects) or None)
         field_name = f"{prefix}signed_envelope"
         try:
@@ -342,7 +348,9 @@ class Provenance:
     async def get_receipt(self, tenant: str, digest: str) -> StoredReceipt:
         row = await self._store.get_receipt(tenant, digest)
         if row is None:
-            raise NotFound(f"receipt {digest} not found")
+            raise NotFound(
+                f"receipt {digest} not found", reason=ErrorReason.ERROR_REASON_RECEIPT_NOT_FOUND
+            )
         return self._verified(row, await self._tenant_keyring(tenant))
 
     async def list_receipts(
@@ -522,7 +530,10 @@ class Provenance:
     async def get_decision(self, tenant: str, decision_id: str) -> DecisionRecord:
         found = await self._store.get_decision(tenant, decision_id)
         if found is None:
-            raise NotFound(f"decision {decision_id!r} not found")
+            raise NotFound(
+                f"decision {decision_id!r} not found",
+                reason=ErrorReason.ERROR_REASON_DECISION_NOT_FOUND,
+            )
         return found
 
     async def list_decisions(
@@ -568,7 +579,10 @@ class Provenance:
     async def revoke_key(self, key_id: str) -> SigningKeyRecord:
         stored = await self._store.revoke_key(key_id)
         if stored is None:
-            raise NotFound(f"signing key {key_id} not found")
+            raise NotFound(
+                f"signing key {key_id} not found",
+                reason=ErrorReason.ERROR_REASON_SIGNING_KEY_NOT_FOUND,
+            )
         return stored
 
 

@@ -66,12 +66,26 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_IDENTITY_ASSERTION_NOT_ALLOWED is `x-mc-tenant` or `x-mc-principal` sent by a
     caller that is not allowed to assert them.
     """
+    ERROR_REASON_FIELD_VIOLATION: _ErrorReason.ValueType  # 18
+    """ERROR_REASON_FIELD_VIOLATION is a request field that breaks its declared rule (format,
+    length, range, required); BadRequest names each field and what is wrong with it.
+    """
+    ERROR_REASON_REQUEST_UNDECODABLE: _ErrorReason.ValueType  # 19
+    """ERROR_REASON_REQUEST_UNDECODABLE is a request whose bytes are not the RPC's message."""
     ERROR_REASON_EXECUTION_CONFLICT: _ErrorReason.ValueType  # 100
     """ERROR_REASON_EXECUTION_CONFLICT is an execution re-recorded with different content."""
     ERROR_REASON_SIGNATURE_INVALID: _ErrorReason.ValueType  # 101
     """ERROR_REASON_SIGNATURE_INVALID is a caller-signed envelope that does not verify."""
     ERROR_REASON_KEY_IN_USE: _ErrorReason.ValueType  # 102
     """ERROR_REASON_KEY_IN_USE is a signing key registered for another tenant."""
+    ERROR_REASON_EXECUTION_NOT_FOUND: _ErrorReason.ValueType  # 103
+    """ERROR_REASON_EXECUTION_NOT_FOUND is an execution id the caller's tenant has not recorded."""
+    ERROR_REASON_RECEIPT_NOT_FOUND: _ErrorReason.ValueType  # 104
+    """ERROR_REASON_RECEIPT_NOT_FOUND is a receipt digest the caller's tenant does not have."""
+    ERROR_REASON_DECISION_NOT_FOUND: _ErrorReason.ValueType  # 105
+    """ERROR_REASON_DECISION_NOT_FOUND is a policy decision id the caller's tenant does not have."""
+    ERROR_REASON_SIGNING_KEY_NOT_FOUND: _ErrorReason.ValueType  # 106
+    """ERROR_REASON_SIGNING_KEY_NOT_FOUND is a signing key id that is not registered."""
     ERROR_REASON_DECISION_CONFLICT: _ErrorReason.ValueType  # 120
     """ERROR_REASON_DECISION_CONFLICT is a policy decision id already recorded with other
     content; metadata `differing_fields` names the fields that differ.
@@ -128,6 +142,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_COST_EXCEEDS_CAPACITY is a cost larger than a limit's capacity."""
     ERROR_REASON_LEASE_EXPIRED: _ErrorReason.ValueType  # 204
     """ERROR_REASON_LEASE_EXPIRED is a fair-share grant whose lease ran out."""
+    ERROR_REASON_SLOT_REQUEST_NOT_FOUND: _ErrorReason.ValueType  # 205
+    """ERROR_REASON_SLOT_REQUEST_NOT_FOUND is a fair-share request id that is not known (never
+    made, already released, or expired).
+    """
+    ERROR_REASON_SLOT_REQUEST_QUEUED: _ErrorReason.ValueType  # 206
+    """ERROR_REASON_SLOT_REQUEST_QUEUED is a release of a request that is still queued (withdraw it)."""
+    ERROR_REASON_LIMITER_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 207
+    """ERROR_REASON_LIMITER_STORE_UNAVAILABLE is the limiter's Redis (rules or fair share) not
+    answering; retry later.
+    """
+    ERROR_REASON_RULES_DOMAIN_NOT_FOUND: _ErrorReason.ValueType  # 208
+    """ERROR_REASON_RULES_DOMAIN_NOT_FOUND is a declarative rules domain that is not stored."""
     ERROR_REASON_TOO_MANY_DESCRIPTORS: _ErrorReason.ValueType  # 220
     """ERROR_REASON_TOO_MANY_DESCRIPTORS is a ShouldRateLimit call with more descriptors than
     the limiter decides per call (see docs/services/limiter.md).
@@ -148,6 +174,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """ERROR_REASON_API_KEY_NOT_ROTATABLE is a rotation of a key that is revoked, expired or
     already rotated.
     """
+    ERROR_REASON_LIMITER_UNAVAILABLE: _ErrorReason.ValueType  # 306
+    """ERROR_REASON_LIMITER_UNAVAILABLE is the front door's rate limiter not answering; the call
+    is refused rather than let through unlimited.
+    """
     ERROR_REASON_POLICY_PACKAGE_NOT_FOUND: _ErrorReason.ValueType  # 400
     """ERROR_REASON_POLICY_PACKAGE_NOT_FOUND is a decision package the active bundle lacks."""
     ERROR_REASON_POLICY_DENIED: _ErrorReason.ValueType  # 401
@@ -155,6 +185,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_DECISION_LOG_UNAVAILABLE: _ErrorReason.ValueType  # 402
     """ERROR_REASON_DECISION_LOG_UNAVAILABLE is a decision that could not be queued for the
     decisions topic in time; it was not served.
+    """
+    ERROR_REASON_PROVENANCE_UNAVAILABLE: _ErrorReason.ValueType  # 403
+    """ERROR_REASON_PROVENANCE_UNAVAILABLE is the provenance service not configured or not
+    answering for an explanation of recorded decisions.
     """
     ERROR_REASON_PACKAGE_INVALID: _ErrorReason.ValueType  # 500
     """ERROR_REASON_PACKAGE_INVALID is a workflow package archive or manifest that is malformed."""
@@ -220,12 +254,26 @@ ERROR_REASON_IDENTITY_ASSERTION_NOT_ALLOWED: ErrorReason.ValueType  # 17
 """ERROR_REASON_IDENTITY_ASSERTION_NOT_ALLOWED is `x-mc-tenant` or `x-mc-principal` sent by a
 caller that is not allowed to assert them.
 """
+ERROR_REASON_FIELD_VIOLATION: ErrorReason.ValueType  # 18
+"""ERROR_REASON_FIELD_VIOLATION is a request field that breaks its declared rule (format,
+length, range, required); BadRequest names each field and what is wrong with it.
+"""
+ERROR_REASON_REQUEST_UNDECODABLE: ErrorReason.ValueType  # 19
+"""ERROR_REASON_REQUEST_UNDECODABLE is a request whose bytes are not the RPC's message."""
 ERROR_REASON_EXECUTION_CONFLICT: ErrorReason.ValueType  # 100
 """ERROR_REASON_EXECUTION_CONFLICT is an execution re-recorded with different content."""
 ERROR_REASON_SIGNATURE_INVALID: ErrorReason.ValueType  # 101
 """ERROR_REASON_SIGNATURE_INVALID is a caller-signed envelope that does not verify."""
 ERROR_REASON_KEY_IN_USE: ErrorReason.ValueType  # 102
 """ERROR_REASON_KEY_IN_USE is a signing key registered for another tenant."""
+ERROR_REASON_EXECUTION_NOT_FOUND: ErrorReason.ValueType  # 103
+"""ERROR_REASON_EXECUTION_NOT_FOUND is an execution id the caller's tenant has not recorded."""
+ERROR_REASON_RECEIPT_NOT_FOUND: ErrorReason.ValueType  # 104
+"""ERROR_REASON_RECEIPT_NOT_FOUND is a receipt digest the caller's tenant does not have."""
+ERROR_REASON_DECISION_NOT_FOUND: ErrorReason.ValueType  # 105
+"""ERROR_REASON_DECISION_NOT_FOUND is a policy decision id the caller's tenant does not have."""
+ERROR_REASON_SIGNING_KEY_NOT_FOUND: ErrorReason.ValueType  # 106
+"""ERROR_REASON_SIGNING_KEY_NOT_FOUND is a signing key id that is not registered."""
 ERROR_REASON_DECISION_CONFLICT: ErrorReason.ValueType  # 120
 """ERROR_REASON_DECISION_CONFLICT is a policy decision id already recorded with other
 content; metadata `differing_fields` names the fields that differ.
@@ -282,6 +330,18 @@ ERROR_REASON_COST_EXCEEDS_CAPACITY: ErrorReason.ValueType  # 203
 """ERROR_REASON_COST_EXCEEDS_CAPACITY is a cost larger than a limit's capacity."""
 ERROR_REASON_LEASE_EXPIRED: ErrorReason.ValueType  # 204
 """ERROR_REASON_LEASE_EXPIRED is a fair-share grant whose lease ran out."""
+ERROR_REASON_SLOT_REQUEST_NOT_FOUND: ErrorReason.ValueType  # 205
+"""ERROR_REASON_SLOT_REQUEST_NOT_FOUND is a fair-share request id that is not known (never
+made, already released, or expired).
+"""
+ERROR_REASON_SLOT_REQUEST_QUEUED: ErrorReason.ValueType  # 206
+"""ERROR_REASON_SLOT_REQUEST_QUEUED is a release of a request that is still queued (withdraw it)."""
+ERROR_REASON_LIMITER_STORE_UNAVAILABLE: ErrorReason.ValueType  # 207
+"""ERROR_REASON_LIMITER_STORE_UNAVAILABLE is the limiter's Redis (rules or fair share) not
+answering; retry later.
+"""
+ERROR_REASON_RULES_DOMAIN_NOT_FOUND: ErrorReason.ValueType  # 208
+"""ERROR_REASON_RULES_DOMAIN_NOT_FOUND is a declarative rules domain that is not stored."""
 ERROR_REASON_TOO_MANY_DESCRIPTORS: ErrorReason.ValueType  # 220
 """ERROR_REASON_TOO_MANY_DESCRIPTORS is a ShouldRateLimit call with more descriptors than
 the limiter decides per call (see docs/services/limiter.md).
@@ -302,6 +362,10 @@ ERROR_REASON_API_KEY_NOT_ROTATABLE: ErrorReason.ValueType  # 305
 """ERROR_REASON_API_KEY_NOT_ROTATABLE is a rotation of a key that is revoked, expired or
 already rotated.
 """
+ERROR_REASON_LIMITER_UNAVAILABLE: ErrorReason.ValueType  # 306
+"""ERROR_REASON_LIMITER_UNAVAILABLE is the front door's rate limiter not answering; the call
+is refused rather than let through unlimited.
+"""
 ERROR_REASON_POLICY_PACKAGE_NOT_FOUND: ErrorReason.ValueType  # 400
 """ERROR_REASON_POLICY_PACKAGE_NOT_FOUND is a decision package the active bundle lacks."""
 ERROR_REASON_POLICY_DENIED: ErrorReason.ValueType  # 401
@@ -309,6 +373,10 @@ ERROR_REASON_POLICY_DENIED: ErrorReason.ValueType  # 401
 ERROR_REASON_DECISION_LOG_UNAVAILABLE: ErrorReason.ValueType  # 402
 """ERROR_REASON_DECISION_LOG_UNAVAILABLE is a decision that could not be queued for the
 decisions topic in time; it was not served.
+"""
+ERROR_REASON_PROVENANCE_UNAVAILABLE: ErrorReason.ValueType  # 403
+"""ERROR_REASON_PROVENANCE_UNAVAILABLE is the provenance service not configured or not
+answering for an explanation of recorded decisions.
 """
 ERROR_REASON_PACKAGE_INVALID: ErrorReason.ValueType  # 500
 """ERROR_REASON_PACKAGE_INVALID is a workflow package archive or manifest that is malformed."""
