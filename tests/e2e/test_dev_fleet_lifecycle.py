@@ -8,6 +8,7 @@ import pwd
 import signal
 import stat
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -216,3 +217,27 @@ def test_an_unreachable_fleet_is_an_error_with_a_hint(tmp_path: Path) -> None:
 
     assert verify.returncode == 2
     assert "is the fleet running? Start it with `scripts/dev-up.sh`" in verify.stderr
+
+
+OWNER = """
+import sys, time
+from mc_common.devinfra import EmbeddedPostgres, EmbeddedRedis
+postgres, redis = EmbeddedPostgres.start(), EmbeddedRedis.start()
+print(postgres.process.pid, redis.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_embedded_servers_die_with_a_killed_owner() -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert owner.stdout is not None
+        pids = [int(pid) for pid in owner.stdout.readline().split()]
+        assert len(pids) == 2
+    finally:
+        owner.kill()
+        owner.wait(60)
+    # As root the Postgres server runs as another user; its parent-death signal survives that.
+    await_condition(lambda: all(pid_gone(pid) for pid in pids), 60, "the servers dying")

@@ -60,14 +60,16 @@ def die_with_parent(
     parent = os.getpid()
 
     def preexec() -> None:
+        # `then` first: the kernel clears the parent-death signal when the child changes its
+        # credentials (setuid), so it is set after dropping privileges.
+        if then is not None:
+            then()
         if sys.platform.startswith("linux"):
             libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
             if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
                 os._exit(125)
             if os.getppid() != parent:
                 os._exit(125)
-        if then is not None:
-            then()
 
     return preexec
 
