@@ -11,7 +11,11 @@ change here. For every call the suite asserts:
   Existing keys may change: the limiter's scripts reclaim lapsed leases and windows on every
   call, whatever its outcome, so a change there is the clock's, not the request's.
 
-The budget is fixed (`MC_FUZZ_EXAMPLES` examples per RPC, derandomized, so CI runs are
+Each RPC first gets a deterministic sweep (`hostile_variants`: one field at a time set to NUL
+text, 100,000 characters, an out-of-range timestamp), then generated and mutated messages.
+With the universal NUL/timestamp rule of `mc_common.validation` switched off, the sweep finds
+the INTERNALs of issue 7 in GetExecution, ListReceipts, GetPolicyDecision and
+ListPolicyDecisions. The budget is fixed (`MC_FUZZ_EXAMPLES` examples per RPC, derandomized, so CI runs are
 reproducible); raise it and set `MC_FUZZ_SEED` for a deeper local hunt.
 """
 
@@ -42,7 +46,7 @@ from psycopg import sql
 
 from maestro_cli.fleet import Fleet, dev_identity
 from mc_common.testing import infra
-from mc_common.testing.fuzz import messages, mutated
+from mc_common.testing.fuzz import hostile_variants, messages, mutated
 
 EXAMPLES = int(os.environ.get("MC_FUZZ_EXAMPLES", "12"))
 SEED = int(os.environ.get("MC_FUZZ_SEED", "0"))
@@ -57,6 +61,10 @@ BACKGROUND = frozenset(
         "policy_decisions",  # idem: decisions arrive from edge-policy's evaluations
         "log_checkpoints",  # the receipt log signs checkpoints on a timer
     }
+)
+SWEEP_METADATA = (
+    [("x-mc-tenant", "fuzz-a")],
+    [("x-mc-tenant", "fuzz-a"), ("x-mc-principal", "operator:fuzz")],
 )
 NEVER = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 
@@ -183,6 +191,8 @@ class Snapshot:
 
 
 METADATA = st.one_of(
+    st.just([("x-mc-tenant", "fuzz-a")]),  # a tenant (most RPCs need one), more often
+    st.just([("x-mc-tenant", "fuzz-a")]),
     st.just([("x-mc-tenant", "fuzz-a")]),
     st.just([("x-mc-tenant", "fuzz-b")]),
     st.just([]),
@@ -263,6 +273,9 @@ def fuzz_rpc(rpc: Rpc, snapshot: Snapshot, failures: list[str], codes: Counter[s
     if SEED:
         run = seed(SEED)(run)
     try:
+        for variant in hostile_variants(input_type):  # one hostile field at a time, first
+            for metadata in SWEEP_METADATA:
+                run.hypothesis.inner_test(variant.SerializeToString(), metadata)  # type: ignore[attr-defined]
         run()
     except Exception as error:  # one failure per RPC is enough to act on
         failures.append(str(error).splitlines()[0][:2000])

@@ -56,6 +56,13 @@ PLAUSIBLE_TEXT = (
 
 _TEXT = st.one_of(
     st.sampled_from(PLAUSIBLE_TEXT),
+    # A plausible value with one NUL or control character in it: gets past the first checks.
+    st.builds(
+        lambda text, char, at: text[:at] + char + text[at:],
+        st.sampled_from(PLAUSIBLE_TEXT[:12]),
+        st.sampled_from(["\x00", "\x01", "\x1f", "\x7f", "\u2028"]),
+        st.integers(0, 3),
+    ),
     st.text(max_size=40),
     st.text(alphabet=string.ascii_lowercase + string.digits + "-._:", min_size=1, max_size=70),
     st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
@@ -216,3 +223,51 @@ def _varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+HOSTILE_TEXT = ("a\x00b", "x" * 100_000, "\u2028\x1f")
+HOSTILE_SECONDS = (253_402_300_800, -62_135_596_801, 2**63 - 1)
+
+
+def hostile_variants(descriptor: Descriptor, depth: int = 0) -> list[Message]:
+    """Messages with exactly one field (up to two levels deep) set to a hostile value, all
+    else unset: a deterministic sweep that reaches what random generation rarely combines."""
+    cls = GetMessageClass(descriptor)
+    out: list[Message] = []
+    for field in descriptor.fields:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            for text in HOSTILE_TEXT[:1]:
+                message = cls()
+                target = getattr(message, field.name)
+                value_field = field.message_type.fields_by_name["value"]
+                if field.message_type.fields_by_name["key"].type != FieldDescriptor.TYPE_STRING:
+                    continue
+                if value_field.type == FieldDescriptor.TYPE_STRING:
+                    target[text] = "v"
+                    out.append(message)
+            continue
+        if field.message_type is not None:
+            name = field.message_type.full_name
+            if name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
+                for seconds in HOSTILE_SECONDS:
+                    message = cls()
+                    inner = getattr(message, field.name)
+                    inner = inner.add() if field.is_repeated else inner
+                    inner.seconds = seconds
+                    out.append(message)
+            elif depth < 1:
+                for variant in hostile_variants(field.message_type, depth + 1):
+                    message = cls()
+                    inner = getattr(message, field.name)
+                    (inner.add() if field.is_repeated else inner).CopyFrom(variant)
+                    out.append(message)
+            continue
+        if field.type == FieldDescriptor.TYPE_STRING:
+            for text in HOSTILE_TEXT:
+                message = cls()
+                if field.is_repeated:
+                    getattr(message, field.name).append(text)
+                else:
+                    setattr(message, field.name, text)
+                out.append(message)
+    return out
