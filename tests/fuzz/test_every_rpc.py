@@ -15,8 +15,8 @@ Each RPC first gets a deterministic sweep (`hostile_variants`: one field at a ti
 text, 100,000 characters, an out-of-range timestamp), then generated and mutated messages.
 With the universal NUL/timestamp rule of `mc_common.validation` switched off, the sweep finds
 the INTERNALs of issue 7 in GetExecution, ListReceipts, GetPolicyDecision and
-ListPolicyDecisions. The budget is fixed (`MC_FUZZ_EXAMPLES` examples per RPC, derandomized, so CI runs are
-reproducible); raise it and set `MC_FUZZ_SEED` for a deeper local hunt.
+ListPolicyDecisions. The budget is fixed (`MC_FUZZ_EXAMPLES` examples per RPC, derandomized,
+so CI runs are reproducible); raise it and set `MC_FUZZ_SEED` for a deeper local hunt.
 """
 
 from __future__ import annotations
