@@ -189,16 +189,18 @@ class Fleet:
                 **identity_env(self.data_dir, definition.name, ca),
             }
             log_path = self.data_dir / f"{definition.name}.log"
-            log_file = log_path.open("ab")
+            log_file = log_path.open("ab")  # stderr: the JSON log stream, nothing else
+            out_file = (self.data_dir / f"{definition.name}.out").open("ab")
             process = subprocess.Popen(
                 [sys.executable, "-m", definition.module],
                 env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
+                stdout=out_file,  # what is not a log (a console span exporter) stays apart
+                stderr=log_file,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches maestro only; it stops them in order
                 preexec_fn=devinfra.die_with_parent(signal.SIGTERM),
             )
+            out_file.close()  # the child holds its own descriptor
             self.services.append(
                 RunningService(definition, process, grpc_port, metrics_port, log_path, log_file)
             )
