@@ -78,6 +78,8 @@ def generate(out: Path) -> None:
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
         "--include_imports",
+        # Comments travel with the set: the gateway's OpenAPI document shows them.
+        "--include_source_info",
         f"--descriptor_set_out={out / 'mc' / 'descriptor_set.binpb'}",
         *sources,
         "validate/validate.proto",

@@ -36,7 +36,9 @@ async def test_openapi_carries_the_validation_rules(http: httpx.AsyncClient) -> 
     assert [p["name"] for p in keys["parameters"]] == ["tenant", "key"]
     schemas = doc["components"]["schemas"]
     check = schemas["mc.limiter.v1.CheckRequest"]["properties"]
-    assert check["tenant"] == {"type": "string", "minLength": 1, "maxLength": 64}
+    tenant = check["tenant"]
+    assert (tenant["type"], tenant["minLength"], tenant["maxLength"]) == ("string", 1, 64)
+    assert tenant["description"].startswith("tenant is the tenant spending")  # proto comments
     assert check["cost"]["maximum"] == 1000000
     rule = schemas["mc.limiter.v1.Rule"]["properties"]
     assert rule["limits"]["minItems"] == 1 and rule["limits"]["maxItems"] == 8

@@ -22,7 +22,7 @@ from mc_gateway import openapi
 from mc_gateway.apikeys import ApiKeyStore, KeyHasher
 from mc_gateway.authn import Authenticator
 from mc_gateway.channels import open_channel
-from mc_gateway.descriptors import Api, load_api
+from mc_gateway.descriptors import Api, load_api, message_comments
 from mc_gateway.keycache import KeyCache
 from mc_gateway.oidc import ClaimMapping, JwksCache, TokenVerifier
 from mc_gateway.ratelimit import DoorLimiter
@@ -137,7 +137,7 @@ async def start_gateway(settings: GatewaySettings, api: Api | None = None) -> Ru
             timeout_s=settings.rate_limit_timeout_s,
             fail_open=settings.rate_limit_failure == "open",
         )
-    document = openapi.build(exposed)
+    document = openapi.build(exposed, comments=message_comments(settings.descriptor_set_path))
     door = Door(
         settings,
         Router(exposed.bindings),

@@ -188,8 +188,10 @@ def _comments(file: descriptor_pb2.FileDescriptorProto) -> dict[tuple[int, ...],
     return out
 
 
-def message_comments(data: bytes | None = None) -> dict[str, str]:
+def message_comments(data: bytes | Path | None = None) -> dict[str, str]:
     """Leading comments of messages and fields by full name (for OpenAPI descriptions)."""
+    if isinstance(data, Path):
+        data = data.read_bytes()
     fds = descriptor_pb2.FileDescriptorSet.FromString(data or default_descriptor_set())
     out: dict[str, str] = {}
     for file in fds.file:

@@ -70,8 +70,9 @@ STATUS_SCHEMA: dict[str, Any] = {
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, comments: dict[str, str] | None = None) -> None:
         self.schemas: dict[str, Any] = {"google.rpc.Status": STATUS_SCHEMA}
+        self.comments = comments or {}
 
     def ref(self, desc: Descriptor) -> dict[str, Any]:
         if desc.full_name in _WKT:
@@ -86,10 +87,15 @@ class _Builder:
         required: list[str] = []
         for field in desc.fields:
             rules = _rules(field)
-            properties[field.json_name] = self.field(field, rules)
+            prop = self.field(field, rules)
+            if doc := self.comments.get(f"{desc.full_name}.{field.name}"):
+                prop = {**prop, "description": doc} if "$ref" not in prop else prop
+            properties[field.json_name] = prop
             if rules is not None and rules.HasField("message") and rules.message.required:
                 required.append(field.json_name)
         out: dict[str, Any] = {"type": "object", "properties": properties}
+        if doc := self.comments.get(desc.full_name):
+            out["description"] = doc
         if required:
             out["required"] = required
         return out
@@ -377,9 +383,16 @@ def _status_ref() -> dict[str, Any]:
     return {"$ref": "#/components/schemas/google.rpc.Status"}
 
 
-def build(api: Api, *, title: str = "Maestro Conductor API", version: str = "v1") -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every binding in `api`."""
-    builder = _Builder()
+def build(
+    api: Api,
+    *,
+    title: str = "Maestro Conductor API",
+    version: str = "v1",
+    comments: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every binding in `api`; `comments` (from
+    `descriptors.message_comments`) become descriptions."""
+    builder = _Builder(comments)
     paths: dict[str, dict[str, Any]] = {}
     for binding in sorted(api.bindings, key=lambda b: (b.template.source, b.http_method)):
         path = paths.setdefault(_path(binding, builder)[0], {})
