@@ -1,0 +1,1 @@
+MEUCIQDJn9yjv7N95V6NjXPgibb8lQaint1PuA0X/wPZeFGMygIgbi8Zqy+0cFvTgLm5jh7FwI1I94Qxa0zM5tPTaZkFiog=

@@ -1,0 +1,1 @@
+MEUCIH3QqB9Wscin3lgcKq47Yaz5OChgVAFuty8Xmq5a1XRKAiEAxdOcmmDbzuacshwbECWCgWJcxioIvmTZIMZABImVLyg=

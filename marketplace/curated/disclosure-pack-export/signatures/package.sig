@@ -1,0 +1,1 @@
+MEYCIQDURG9Oswi+PjqIiCqotXx1iJPswoGkmnqNwpGly9Jm7AIhAK78MywtPrBl7+kKCzm8reJVhmVYS/lhJduu/f7nIEE3

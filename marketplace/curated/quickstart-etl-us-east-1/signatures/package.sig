@@ -1,0 +1,1 @@
+MEUCIGqjFdPbkNzGYztySiABuuQdNlCGya3ZGi6cs5zxqAgcAiEAzJbBrhERzXSkZ3KgB599skiAGm5rs1EZsWInqqH8VGY=

@@ -1,0 +1,1 @@
+MEUCIDLyzjgaxUtfzfj4sbjKv2wrP5TPi+3slEXdODwNRTZFAiEAs+oIge+NQ2JexHgeeM+jzK1ZFI7dGzV6tavAOgc5rvk=

@@ -1,0 +1,1 @@
+MEUCIHrarCpnL2/qogkys3UZjGSFV/9GtFB9/Apbqdb3P9VlAiEAygxzrfHeewCzwxzbu0LNKJQn9NxhNNIbZbBiAsc/nDc=

@@ -1,0 +1,1 @@
+MEQCIFXwLEU67nCsAu4JIv13lpvplbuL0eKZu7xDOl+AwuiBAiAybF84hj9Y4wE57kFt/gA1stUEwhkbF+OHKwq9LSuiWw==
