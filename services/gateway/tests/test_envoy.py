@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,8 @@ XDS_PROTOS = "xds-protos==1.85.0"  # protobuf 7 inside; isolated from the worksp
 
 
 async def envoy_check(config: Path) -> tuple[int, str]:
-    uv = shutil.which("uv")
-    assert uv is not None, "uv runs the isolated xds-protos environment"
+    # scripts/uv finds uv (PATH, pip's user base) or installs it: CI's shell has no uv on PATH.
+    uv = str(ROOT / "scripts" / "uv")
     proc = await asyncio.create_subprocess_exec(
         uv,
         "run",
