@@ -195,3 +195,26 @@ async def test_throttle_levels_emit_audit_records(make_limiter: MakeLimiter) -> 
     shadow = await limiter.set_global_shadow(True, actor="sre")
     assert shadow.action == "limiter.shadow.global" and shadow.after is True
     assert limiter.global_shadow
+
+
+def test_rule_errors_carry_the_numbers_a_client_needs() -> None:
+    """ErrorInfo.metadata has the ids and numbers (AIP-193), and PreconditionFailure says what."""
+    from google.rpc import error_details_pb2
+
+    from mc_limiter.errors import CostExceedsCapacityError, RevisionMismatchError
+
+    revision = RevisionMismatchError("r1", expected=3, actual=5)
+    [info, failure] = revision.details()
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    assert dict(info.metadata) == {
+        "rule_id": "r1",
+        "expected_revision": "3",
+        "actual_revision": "5",
+    }
+    assert isinstance(failure, error_details_pb2.PreconditionFailure)
+    assert failure.violations[0].type == "REVISION"
+    capacity = CostExceedsCapacityError("r1", "per-minute", cost=50, capacity=10)
+    info = capacity.details()[0]
+    assert isinstance(info, error_details_pb2.ErrorInfo)
+    assert (info.metadata["cost"], info.metadata["capacity"]) == ("50", "10")
+    assert info.reason == "ERROR_REASON_COST_EXCEEDS_CAPACITY"

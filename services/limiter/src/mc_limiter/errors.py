@@ -10,7 +10,7 @@ interceptor maps it without per-RPC handling.
 from __future__ import annotations
 
 from mc.common.v1.error_reason_pb2 import ErrorReason
-from mc_common.errors import FailedPrecondition, NotFound
+from mc_common.errors import FailedPrecondition, NotFound, PreconditionViolation
 
 __all__ = [
     "CostExceedsCapacityError",
@@ -27,7 +27,7 @@ class RuleNotFoundError(NotFound):
     default_reason = ErrorReason.ERROR_REASON_RULE_NOT_FOUND
 
     def __init__(self, rule_id: str) -> None:
-        super().__init__(f"rule {rule_id!r} not found")
+        super().__init__(f"rule {rule_id!r} not found", metadata={"rule_id": rule_id})
         self.rule_id = rule_id
 
 
@@ -39,7 +39,8 @@ class NoMatchingRuleError(NotFound):
 
     def __init__(self, tenant: str, token: str, key: str) -> None:
         super().__init__(
-            f"no rate-limit rule matches tenant={tenant!r} token={token!r} key={key!r}"
+            f"no rate-limit rule matches tenant={tenant!r} token={token!r} key={key!r}",
+            metadata={"key": key},  # the caller's own key; tenant and token stay in the message
         )
         self.tenant = tenant
         self.token = token
@@ -52,8 +53,17 @@ class RevisionMismatchError(FailedPrecondition):
     default_reason = ErrorReason.ERROR_REASON_REVISION_MISMATCH
 
     def __init__(self, rule_id: str, expected: int, actual: int) -> None:
-        super().__init__(
+        message = (
             f"rule {rule_id!r} is at revision {actual}, expected {expected}; re-read and retry"
+        )
+        super().__init__(
+            message,
+            [PreconditionViolation("REVISION", f"rules/{rule_id}", message)],
+            metadata={
+                "rule_id": rule_id,
+                "expected_revision": str(expected),
+                "actual_revision": str(actual),
+            },
         )
         self.rule_id = rule_id
         self.expected = expected
@@ -67,9 +77,19 @@ class CostExceedsCapacityError(FailedPrecondition):
     default_reason = ErrorReason.ERROR_REASON_COST_EXCEEDS_CAPACITY
 
     def __init__(self, rule_id: str, limit_name: str, cost: int, capacity: int) -> None:
-        super().__init__(
+        message = (
             f"cost {cost} exceeds capacity {capacity} of limit {rule_id}/{limit_name}; "
             "it can never be admitted"
+        )
+        super().__init__(
+            message,
+            [PreconditionViolation("CAPACITY", f"rules/{rule_id}/limits/{limit_name}", message)],
+            metadata={
+                "rule_id": rule_id,
+                "limit": limit_name,
+                "cost": str(cost),
+                "capacity": str(capacity),
+            },
         )
         self.rule_id = rule_id
         self.limit_name = limit_name
