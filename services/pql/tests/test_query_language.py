@@ -167,3 +167,19 @@ def test_estimator_reads_tenant_and_window_shares_from_statistics() -> None:
     assert table.window_share(NOW - 2 * day) == 0.5
     assert table.window_share(NOW - 1.5 * day) == 0.375
     assert TableStats(10.0, {}, 1.0, ()).window_share(NOW) == 1.0
+
+
+def test_result_cache_is_bounded_by_rows_and_entries() -> None:
+    from mc_pql.query.cache import ResultCache
+
+    now = [0.0]
+    cache: ResultCache[str] = ResultCache(3, ttl_s=10, max_weight=100, clock=lambda: now[0])
+    cache.put("a", "A", weight=60)
+    cache.put("b", "B", weight=30)
+    assert cache.get("a") == "A"  # a is now the most recent
+    cache.put("c", "C", weight=50)  # 140 rows: the least recent (b) goes, then 110: a goes
+    assert (cache.get("b"), cache.get("a"), cache.get("c")) == (None, None, "C")
+    cache.put("huge", "H", weight=101)  # never fits
+    assert cache.get("huge") is None
+    now[0] = 11.0
+    assert cache.get("c") is None  # expired

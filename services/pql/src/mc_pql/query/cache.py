@@ -26,11 +26,14 @@ class ResultCache(Generic[V]):
         max_entries: int = 1024,
         ttl_s: float = 300.0,
         *,
+        max_weight: int | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._entries: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[float, V, int]] = OrderedDict()
         self._max = max_entries
+        self._max_weight = max_weight
+        self._weight = 0
         self._ttl = ttl_s
         self._clock = clock
         self.hits = 0
@@ -51,15 +54,25 @@ class ResultCache(Generic[V]):
             return entry[1]
         if entry is not None:
             del self._entries[key]
+            self._weight -= entry[2]
         self.misses += 1
         self._requests.labels("miss").inc()
         return None
 
-    def put(self, key: Hashable, value: V) -> None:
-        self._entries[key] = (self._clock(), value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+    def put(self, key: Hashable, value: V, weight: int = 1) -> None:
+        """Store `value`; `weight` (e.g. its row count) counts against `max_weight`."""
+        if self._max_weight is not None and weight > self._max_weight:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._weight -= old[2]
+        self._entries[key] = (self._clock(), value, weight)
+        self._weight += weight
+        while len(self._entries) > self._max or (
+            self._max_weight is not None and self._weight > self._max_weight
+        ):
+            _, (_, _, dropped) = self._entries.popitem(last=False)
+            self._weight -= dropped
 
     @property
     def hit_rate(self) -> float:

@@ -49,7 +49,8 @@ class QueryLimits:
     statement_timeout_ms: int = 5_000
     cache_entries: int = 1024
     cache_ttl_s: float = 300.0
-    cache_max_rows: int = 2_000
+    cache_max_rows: int = 200_000
+    """Most rows held by the result cache in total (a result counts its rows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,8 @@ class QueryResult:
     guardrails: tuple[str, ...]
     cached: bool = False
     elapsed_ms: float = 0.0
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Encodings of this result made once and shared by its cached copies (the reply proto)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +118,10 @@ class QueryEngine:
         self.limits = limits or QueryLimits()
         registry = registry if registry is not None else CollectorRegistry()
         self.cache: ResultCache[QueryResult] = ResultCache(
-            self.limits.cache_entries, self.limits.cache_ttl_s, registry=registry
+            self.limits.cache_entries,
+            self.limits.cache_ttl_s,
+            max_weight=self.limits.cache_max_rows,
+            registry=registry,
         )
         self.stats = Statistics(pool)
         self._seconds = Histogram(
@@ -174,8 +180,8 @@ class QueryEngine:
             guardrails=compiled.guardrails,
             elapsed_ms=_ms(started),
         )
-        if caching and len(rows) <= self.limits.cache_max_rows:
-            self.cache.put(key, result)
+        if caching:
+            self.cache.put(key, result, weight=max(len(rows), 1))
         return result
 
     async def estimate(self, compiled: Plan) -> Estimate:
