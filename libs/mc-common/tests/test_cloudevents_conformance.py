@@ -135,3 +135,22 @@ async def test_the_consumer_accepts_sdk_events_in_every_mode_and_the_legacy_enve
     }
     assert {e.tenant for e in seen} == {"acme"}
     assert consumer.dead_lettered == 0
+
+
+def test_the_envelope_written_during_the_transition_reads_back_as_the_same_event() -> None:
+    from mc_common.events import CloudEvent, decode_record
+    from mc_common.events.envelope import envelope_headers, envelope_of
+
+    event = CloudEvent.of(
+        tenant="acme", event_type=EVENT_TYPE, message=decision("d-9"), source="mc-test"
+    )
+    envelope = envelope_of(event)
+    read = decode_record(envelope_headers(envelope), b"acme", envelope.SerializeToString())
+    assert (read.id, read.type, read.tenant, read.source) == (
+        event.id,
+        EVENT_TYPE,
+        "acme",
+        "mc-test",
+    )
+    assert read.unpack(PolicyDecisionEvent) == decision("d-9")
+    assert read.dataschema == event.dataschema

@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from mc_common.errors import MCError
-from mc_common.packages import pack_directory, parse_manifest, sign_package, verify_package
+from mc_common.packages import (
+    PackageVerification,
+    pack_directory,
+    parse_manifest,
+    sign_package,
+    verify_package,
+)
 from mc_common.signing import KeyRing, PemSigner, PublicKey
 
 EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
@@ -127,26 +133,29 @@ def _sign(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check(args: argparse.Namespace) -> Any:
-    keys = KeyRing([PublicKey.from_file(path) for path in args.key])
-    return verify_package(
-        args.package.read_bytes(),
-        keys,
-        trusted_root=args.trusted_root,
-        identity=args.identity,
-        issuer=args.issuer,
-    )
-
-
-def _verify(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> PackageVerification | int:
+    """The verified package, or the exit code after printing why it was refused."""
     try:
-        result = _check(args)
+        keys = KeyRing([PublicKey.from_file(path) for path in args.key])
+        return verify_package(
+            args.package.read_bytes(),
+            keys,
+            trusted_root=args.trusted_root,
+            identity=args.identity,
+            issuer=args.issuer,
+        )
     except MCError as exc:
         print(f"refused: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _verify(args: argparse.Namespace) -> int:
+    result = _check(args)
+    if isinstance(result, int):
+        return result
     print(
         f"verified {result.manifest.name}@{result.manifest.version} sha256:{result.content_digest}"
     )
@@ -154,14 +163,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    try:
-        result = _check(args)
-    except MCError as exc:
-        print(f"refused: {exc.message}", file=sys.stderr)
-        return EXIT_REFUSED
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    result = _check(args)
+    if isinstance(result, int):
+        return result
     manifest = result.manifest
     rows = [
         ("package", f"{manifest.name}@{manifest.version}"),

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import struct_pb2
-from google.protobuf.json_format import MessageToDict
 
 from mc.pql.v1 import query_service_pb2 as q
 from mc_common.errors import InvalidArgument
@@ -17,8 +16,6 @@ from mc_pql.query.parser import GRAMMAR_VERSION
 from mc_pql.query.planner import ParamValue
 from mc_pql.query.saved import SavedQuery
 from mc_pql.query.search import Hit
-
-_MIN_TS = datetime(1, 1, 1, tzinfo=UTC)
 
 
 def params_from_proto(values: Mapping[str, struct_pb2.Value]) -> dict[str, ParamValue]:
@@ -128,7 +125,3 @@ def optional_time(message: q.SearchProvenanceRequest, field: str) -> datetime | 
         return stamp.ToDatetime(tzinfo=UTC)  # type: ignore[no-any-return]
     except (ValueError, OverflowError):
         raise InvalidArgument.field(field, "is not a valid timestamp (years 1 to 9999)") from None
-
-
-def json_params(values: Mapping[str, struct_pb2.Value]) -> str:
-    return json.dumps({k: MessageToDict(v) for k, v in values.items()}, sort_keys=True)

@@ -9,7 +9,6 @@ with `write_format="envelope"`, for the transition described in ADR 0051.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ __all__ = [
     "build_envelope",
     "decode_envelope",
     "envelope_headers",
+    "envelope_of",
 ]
 
 CONTENT_TYPE = "application/protobuf"
@@ -62,24 +62,32 @@ def build_envelope(
     Raises:
         ValueError: `event_type` or `source` is empty, or `schema_version` is below 1.
     """
-    if not event_type:
-        raise ValueError("event_type must not be empty")
-    if not source:
-        raise ValueError("source must not be empty")
-    if schema_version < 1:
-        raise ValueError(f"schema_version must be >= 1, got {schema_version}")
+    return envelope_of(
+        CloudEvent.of(
+            tenant=tenant,
+            event_type=event_type,
+            message=message,
+            source=source,
+            schema_version=schema_version,
+            event_id=event_id,
+            time=time,
+        )
+    )
+
+
+def envelope_of(event: CloudEvent) -> EventEnvelope:
+    """The pre-CloudEvents envelope carrying `event` (a protobuf event: its data and
+    `dataschema` become the `Any`)."""
     timestamp = timestamp_pb2.Timestamp()
-    timestamp.FromDatetime(time if time is not None else datetime.now(UTC))
-    data = any_pb2.Any()
-    data.Pack(message)
+    timestamp.FromDatetime(event.time if event.time is not None else datetime.now(UTC))
     return EventEnvelope(
-        id=event_id or str(uuid.uuid4()),
-        type=event_type,
-        source=source,
+        id=event.id,
+        type=event.type,
+        source=event.source,
         time=timestamp,
-        tenant=tenant,
-        schema_version=schema_version,
-        data=data,
+        tenant=event.tenant,
+        schema_version=event.schema_version,
+        data=any_pb2.Any(type_url=event.dataschema, value=event.data),
     )
 
 

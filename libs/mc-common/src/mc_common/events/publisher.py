@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from google.protobuf.message import Message
 
 from mc_common.events.cloudevents import CloudEvent
-from mc_common.events.envelope import build_envelope, envelope_headers
+from mc_common.events.envelope import envelope_headers, envelope_of
 from mc_common.events.security import KafkaSecurity
 
 
@@ -163,13 +163,11 @@ class EventPublisher:
             event_id=event_id,
             time=time,
         )
-        return await self.publish_event(topic, event, message)
+        return await self.publish_event(topic, event)
 
-    async def publish_event(
-        self, topic: str, event: CloudEvent, message: Message | None = None
-    ) -> PublishedEvent:
+    async def publish_event(self, topic: str, event: CloudEvent) -> PublishedEvent:
         """Publish a ready event (for relays and replays) and wait for the ack."""
-        future = await self._send(topic, event, message)
+        future = await self._send(topic, event)
         metadata = await future
         return PublishedEvent(event.id, topic, metadata.partition, metadata.offset)
 
@@ -183,42 +181,29 @@ class EventPublisher:
         batch with the same event ids.
         """
         built = [
-            (
-                CloudEvent.of(
-                    tenant=event.tenant,
-                    event_type=event.event_type,
-                    message=event.message,
-                    source=source or self._source,
-                    schema_version=event.schema_version,
-                    event_id=event.event_id,
-                    time=event.time,
-                ),
-                event.message,
+            CloudEvent.of(
+                tenant=event.tenant,
+                event_type=event.event_type,
+                message=event.message,
+                source=source or self._source,
+                schema_version=event.schema_version,
+                event_id=event.event_id,
+                time=event.time,
             )
             for event in events
         ]
-        futures = [await self._send(topic, event, message) for event, message in built]
+        futures = [await self._send(topic, event) for event in built]
         results = await asyncio.gather(*futures, return_exceptions=True)
         published: list[PublishedEvent] = []
-        for (event, _), result in zip(built, results, strict=True):
+        for event, result in zip(built, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
             published.append(PublishedEvent(event.id, topic, result.partition, result.offset))
         return published
 
-    async def _send(
-        self, topic: str, event: CloudEvent, message: Message | None
-    ) -> asyncio.Future[Any]:
-        if self._write_format == "envelope" and message is not None:
-            envelope = build_envelope(
-                tenant=event.tenant,
-                event_type=event.type,
-                message=message,
-                source=event.source,
-                schema_version=event.schema_version,
-                event_id=event.id,
-                time=event.time,
-            )
+    async def _send(self, topic: str, event: CloudEvent) -> asyncio.Future[Any]:
+        if self._write_format == "envelope":
+            envelope = envelope_of(event)
             value, headers = envelope.SerializeToString(), envelope_headers(envelope)
         else:
             value, headers = event.data, event.binary_headers()

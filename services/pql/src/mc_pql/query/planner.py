@@ -428,9 +428,8 @@ def _predicate(node: Predicate, scope: _Scope, b: _Builder) -> sql.Composable:
         expr = _field_sql(subject, f, b)
         if f.type == "bool" and node.op not in ("=", "!="):
             raise PqlSemanticError(f"{node.field.text()} is true/false: use = or !=", field="where")
-        if node.op in ("=", "!="):
-            # IS [NOT] DISTINCT FROM would defeat indexes; a NULL field never matches.
-            return sql.SQL("({} {} {})").format(expr, sql.SQL(node.op), b.bind(value))
+        # Plain operators, not IS [NOT] DISTINCT FROM (which would defeat indexes): a NULL
+        # field never matches.
         return sql.SQL("({} {} {})").format(expr, sql.SQL(node.op), b.bind(value))
     assert isinstance(node, InList)
     subject, f = scope.resolve(node.field)
